@@ -1,0 +1,29 @@
+"""Stand-in for @rules_java//java:defs.bzl: forwards to Bazel's native Java rules.
+
+mlenv builds no Java; Bazel 4.2.3 still parses its registered JDK toolchains, which load this file
+(see ../../README.md).
+"""
+
+def java_binary(**attrs):
+    native.java_binary(**attrs)
+
+def java_import(**attrs):
+    native.java_import(**attrs)
+
+def java_library(**attrs):
+    native.java_library(**attrs)
+
+def java_proto_library(**attrs):
+    native.java_proto_library(**attrs)
+
+def java_runtime(**attrs):
+    native.java_runtime(**attrs)
+
+def java_toolchain(**attrs):
+    native.java_toolchain(**attrs)
+
+def java_test(**attrs):
+    native.java_test(**attrs)
+
+def java_plugin(**attrs):
+    native.java_plugin(**attrs)

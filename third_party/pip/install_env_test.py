@@ -1,0 +1,126 @@
+"""install_env.py against real uv and real (tiny, generated) wheels: install, hash pinning, bad locks."""
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from third_party.pip.private import install_env
+
+UV = str(Path("../mlenv_uv/uv").resolve())
+PYTHON = Path("../mlenv_python/interpreter_path.txt").read_text().strip()
+SCRIPT = str(Path("third_party/pip/private/install_env.py").resolve())
+OFFLINE_INDEX = "https://pypi.invalid/simple"  # never resolves: the tests use a local find-links folder only
+
+
+def make_wheel(folder: Path, name: str, version: str, requires=()) -> Path:
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{dist_info}/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: %s\n%s" % (
+            name, version, "".join(f"Requires-Dist: {r}\n" for r in requires)),
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: mlenv-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = "\n".join(record) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_installer(tmp_path: Path, lock_text: str) -> tuple[subprocess.CompletedProcess, Path]:
+    lock = tmp_path / "lock.txt"
+    lock.write_text(lock_text)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = dict(os.environ, UV_CACHE_DIR=str(tmp_path / "uv-cache"))
+    proc = subprocess.run(
+        [PYTHON, "-I", SCRIPT, "--lock", str(lock), "--lock-label", "//test:lock.txt", "--variant", "cpu",
+         "--repo", str(repo), "--uv", UV, "--python", PYTHON, "--default-index", OFFLINE_INDEX],
+        capture_output=True, text=True, env=env, timeout=300)
+    return proc, repo
+
+
+@pytest.fixture
+def wheels(tmp_path):
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    return {
+        "alpha": make_wheel(folder, "alpha", "1.0", requires=["beta"]),
+        "beta": make_wheel(folder, "beta", "2.0"),
+        "folder": folder,
+    }
+
+
+def lock_for(wheels, beta_hash=None):
+    return (f"--find-links {wheels['folder']}\n--extra-index-url https://mirror.invalid/simple\n\n"
+            f"alpha==1.0 \\\n    --hash=sha256:{sha256(wheels['alpha'])}\n    # via -r requirements.in\n"
+            f"beta==2.0 \\\n    --hash=sha256:{beta_hash or sha256(wheels['beta'])}\n    # via alpha\n")
+
+
+def test_installs_flat_tree_with_targets_per_distribution(tmp_path, wheels):
+    proc, repo = run_installer(tmp_path, lock_for(wheels))
+    assert proc.returncode == 0, proc.stderr
+    site = repo / "site-packages"
+    assert (site / "alpha" / "__init__.py").exists() and (site / "beta" / "__init__.py").exists()
+    assert "extra index https://mirror.invalid/simple is unreachable" in proc.stderr
+    manifest = json.loads((repo / "manifest.json").read_text())
+    assert manifest["distributions"]["alpha"]["requires"] == ["beta"]
+    assert '"//beta"' in (repo / "alpha" / "BUILD.bazel").read_text()
+    assert 'imports = ["site-packages"]' in (repo / "BUILD.bazel").read_text()
+    assert (repo / "lock_digest.txt").read_text().startswith("sha256:")
+
+
+def test_tampered_hash_fails_naming_the_file_and_installs_nothing(tmp_path, wheels):
+    proc, repo = run_installer(tmp_path, lock_for(wheels, beta_hash="0" * 64))
+    assert proc.returncode == 1
+    assert "hash mismatch for beta==2.0" in proc.stderr
+    assert "0" * 64 in proc.stderr and sha256(wheels["beta"]) in proc.stderr
+    assert "//test:lock.txt" in proc.stderr and "tools/bazel run //third_party/pip:lock" in proc.stderr
+    assert not (repo / "manifest.json").exists()
+
+
+def test_lock_digest_changes_with_the_lock(tmp_path, wheels):
+    digests = []
+    for sub, suffix in (("a", ""), ("b", "\n")):
+        (tmp_path / sub).mkdir()
+        proc, repo = run_installer(tmp_path / sub, lock_for(wheels) + suffix)
+        assert proc.returncode == 0, proc.stderr
+        digests.append((repo / "lock_digest.txt").read_text())
+    assert digests[0] != digests[1]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("alpha>=1.0 --hash=sha256:" + "a" * 64 + "\n", "'alpha>=1.0' is not pinned with '=='"),
+    ("alpha==1.0\n", "alpha==1.0 has no --hash=sha256"),
+    ("--trusted-host example.com\nalpha==1.0 --hash=sha256:" + "a" * 64 + "\n", "option '--trusted-host' is not supported"),
+    ("# nothing\n", "no requirements found"),
+])
+def test_bad_locks_are_refused_with_the_line(text, message):
+    with pytest.raises(install_env.LockError, match="lock.txt") as info:
+        install_env.parse_lock(text, "lock.txt")
+    assert message in str(info.value)
+
+
+def test_parses_uv_annotations_into_requirements():
+    lock = install_env.parse_lock(
+        "--index-url https://x/simple\nfoo==1 \\\n  --hash=sha256:%s\n    # via\n    #   bar\n    #   -r requirements.in\n"
+        "bar==2 --hash=sha256:%s\n" % ("a" * 64, "b" * 64), "l")
+    assert lock.index_url == "https://x/simple"
+    assert [(r.key, r.required_by) for r in lock.requirements] == [("foo", ["bar"]), ("bar", [])]

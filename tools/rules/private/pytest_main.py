@@ -1,0 +1,60 @@
+"""Entry point of every ml_py_test: runs the test files under pytest the way Bazel expects.
+
+- JUnit XML into $XML_OUTPUT_FILE, so Bazel (and CI) see each test case;
+- `bazel test --test_filter=EXPR` arrives as $TESTBRIDGE_TEST_ONLY and becomes `pytest -k EXPR`;
+- shard_count: $TEST_TOTAL_SHARDS / $TEST_SHARD_INDEX select every N-th collected test;
+- HOME and caches point into $TEST_TMPDIR, so tests never share or leak state through the real HOME;
+- a filter or shard that selects nothing fails instead of passing vacuously.
+"""
+
+import os
+import sys
+
+import pytest
+
+
+class _Shard:
+    def __init__(self, index: int, total: int) -> None:
+        self.index, self.total = index, total
+
+    def pytest_collection_modifyitems(self, config, items):
+        keep = [item for i, item in enumerate(items) if i % self.total == self.index]
+        deselected = [item for i, item in enumerate(items) if i % self.total != self.index]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+        items[:] = keep
+
+
+def main() -> int:
+    sys.dont_write_bytecode = True  # runfiles point into the source tree; never litter it with __pycache__
+    tmp = os.environ.get("TEST_TMPDIR")
+    if tmp:
+        os.environ["HOME"] = tmp
+        os.environ.setdefault("XDG_CACHE_HOME", os.path.join(tmp, ".cache"))
+        os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, ".matplotlib"))
+    args = list(sys.argv[1:]) + ["-p", "no:cacheprovider", "--import-mode=importlib", "-ra"]
+    xml = os.environ.get("XML_OUTPUT_FILE")
+    if xml:
+        args += ["--junitxml", xml, "-o", "junit_family=xunit2"]
+    test_filter = os.environ.get("TESTBRIDGE_TEST_ONLY")
+    if test_filter:
+        args += ["-k", test_filter]
+    plugins = []
+    total = int(os.environ.get("TEST_TOTAL_SHARDS", "0") or 0)
+    if total > 1:
+        status = os.environ.get("TEST_SHARD_STATUS_FILE")
+        if status:
+            open(status, "w").close()  # tells Bazel this runner understands sharding
+        plugins.append(_Shard(int(os.environ["TEST_SHARD_INDEX"]), total))
+    code = pytest.main(args, plugins=plugins)
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        if total > 1:
+            return 0  # more shards than tests: an empty shard is fine
+        why = f" (--test_filter={test_filter!r} matched nothing)" if test_filter else ""
+        print(f"ml_py_test: no test was collected{why}; failing instead of passing vacuously", file=sys.stderr)
+        return 1
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
