@@ -30,6 +30,7 @@ def main() -> int:
     tmp = os.environ.get("TEST_TMPDIR")
     if tmp:
         os.environ["HOME"] = tmp
+        os.environ["TMPDIR"] = tmp  # tempfile and pytest's tmp_path stay inside the test's own folder
         os.environ.setdefault("XDG_CACHE_HOME", os.path.join(tmp, ".cache"))
         os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, ".matplotlib"))
     args = list(sys.argv[1:]) + ["-p", "no:cacheprovider", "--import-mode=importlib", "-ra"]
