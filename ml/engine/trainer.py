@@ -296,8 +296,14 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
         trained.train()
         while epoch < config.epochs and step < total_steps:
             batch_in_epoch = skip
-            for batch in task.train_batches(config, epoch=epoch, rank=ctx.rank, world_size=ctx.world_size,
-                                            skip_batches=skip):
+            batches = task.train_batches(config, epoch=epoch, rank=ctx.rank, world_size=ctx.world_size,
+                                         skip_batches=skip)
+            # Starting an iterator must not consume the global RNG (a DataLoader draws its base seed from
+            # it): otherwise a resumed run, which starts its iterator at another point of the RNG stream,
+            # would see different dropout masks than the uninterrupted run.
+            with torch.random.fork_rng(devices=[]):
+                batches = iter(batches)
+            for batch in batches:
                 if batch_in_epoch >= steps_per_epoch or step >= total_steps:
                     break
                 with precision.autocast():

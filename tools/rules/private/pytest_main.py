@@ -4,11 +4,15 @@
 - `bazel test --test_filter=EXPR` arrives as $TESTBRIDGE_TEST_ONLY and becomes `pytest -k EXPR`;
 - shard_count: $TEST_TOTAL_SHARDS / $TEST_SHARD_INDEX select every N-th collected test;
 - HOME and caches point into $TEST_TMPDIR, so tests never share or leak state through the real HOME;
+  TMPDIR is a short private folder (AF_UNIX socket paths must fit in 108 bytes);
 - a filter or shard that selects nothing fails instead of passing vacuously.
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -30,10 +34,18 @@ def main() -> int:
     tmp = os.environ.get("TEST_TMPDIR")
     if tmp:
         os.environ["HOME"] = tmp
-        os.environ["TMPDIR"] = tmp  # tempfile and pytest's tmp_path stay inside the test's own folder
+        # TMPDIR must stay SHORT: multiprocessing puts AF_UNIX sockets there (DataLoader workers pass tensors
+        # through them), and Bazel's TEST_TMPDIR is longer than the 108-byte socket path limit, which makes
+        # workers hang. pytest's tmp_path still lives inside TEST_TMPDIR (--basetemp below).
+        short = tempfile.mkdtemp(prefix="mlenv-test-")
+        atexit.register(shutil.rmtree, short, ignore_errors=True)
+        os.environ["TMPDIR"] = short
+        tempfile.tempdir = None
         os.environ.setdefault("XDG_CACHE_HOME", os.path.join(tmp, ".cache"))
         os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, ".matplotlib"))
     args = list(sys.argv[1:]) + ["-p", "no:cacheprovider", "--import-mode=importlib", "-ra"]
+    if tmp:
+        args += ["--basetemp", os.path.join(tmp, "pytest")]
     xml = os.environ.get("XML_OUTPUT_FILE")
     if xml:
         args += ["--junitxml", xml, "-o", "junit_family=xunit2"]
