@@ -46,20 +46,21 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.mode])
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters,
-                          grad_clip: float | None) -> float | None:
-        """Backward, optional clipping (on unscaled gradients), optimizer step. Returns the grad norm."""
+                          grad_clip: float | None) -> torch.Tensor | None:
+        """Backward, optional clipping (on unscaled gradients), optimizer step. Returns the grad norm (a
+        tensor: converting it to a float every step would force a device sync)."""
         norm = None
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             if grad_clip is not None:
                 self.scaler.unscale_(optimizer)
-                norm = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip))
+                norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
             loss.backward()
             if grad_clip is not None:
-                norm = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip))
+                norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return norm

@@ -162,6 +162,7 @@ def train(config: TrainerConfig, task: Task, *, client: Any = None) -> RunResult
     config.validate()
     if config.run_name is None or config.run_dir is None:
         config, _ = _pin_run_identity(config, task.name, [])
+    _environment_gate(config)
     ctx = distributed.init(config.device)
     if ctx.world_size != config.nproc and ctx.world_size > 1 and config.nproc > 1:
         raise ConfigError(f"nproc={config.nproc} but the launcher started {ctx.world_size} processes")
@@ -169,6 +170,20 @@ def train(config: TrainerConfig, task: Task, *, client: Any = None) -> RunResult
         return _train(config, task, ctx, client)
     finally:
         distributed.shutdown(ctx)
+
+
+def _environment_gate(config: TrainerConfig) -> None:
+    """Under the CUDA config (or --device cuda), refuse to start on a machine that cannot run the locked torch."""
+    from toolchains.cuda import gate
+
+    variant = gate.variant_of_environment()
+    if config.device == "cpu" or (variant != "cuda" and config.device != "cuda"):
+        return
+    problems = gate.check(gate.probe(), require_gpus=1)
+    if problems:
+        raise EngineError("the environment gate failed (toolchains/cuda/gate.py):\n" +
+                          "\n".join(f"  - {p}" for p in problems) +
+                          "\n  To train on CPU anyway, pass --device cpu.")
 
 
 def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, client: Any) -> RunResult:
@@ -308,9 +323,6 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
                     break
                 with precision.autocast():
                     loss, parts, samples = task.compute_loss(trained, batch, ctx.device)
-                if not torch.isfinite(loss):
-                    raise EngineError(f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); lower --lr, "
-                                      f"use --precision fp32, or check the inputs of that batch")
                 precision.backward_and_step(loss, optimizer, model.parameters(), config.grad_clip)
                 step += 1
                 batch_in_epoch += 1
@@ -321,6 +333,11 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
                     profiler.step()
                 if step % config.log_every == 0 or step == total_steps:
                     mean_loss = float(ctx.all_reduce_mean(window_loss / window_steps))
+                    # Checked once per log window, not per step: a per-step check is a host sync every step.
+                    if not math.isfinite(mean_loss):
+                        raise EngineError(f"loss became {mean_loss} between steps {step - window_steps + 1} and "
+                                          f"{step} (epoch {epoch}); lower --lr, use --precision fp32, or check "
+                                          f"the inputs of those batches")
                     rate = window_samples * ctx.world_size / max(time.perf_counter() - window_start, 1e-9)
                     last_loss = mean_loss
                     history.append((step, mean_loss))

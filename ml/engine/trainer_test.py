@@ -114,3 +114,16 @@ def test_bad_flag_fails_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "unknown config key 'hiden'; did you mean hidden" in proc.stderr
     assert not (tmp_path / "config.json").exists()
+
+
+class _NanAt(ToyTask):
+    def compute_loss(self, model, batch, device):
+        loss, parts, n = super().compute_loss(model, batch, device)
+        return (loss * float("nan") if self.calls == 6 else loss), parts, n
+
+
+def test_non_finite_loss_stops_the_run_naming_the_steps(tmp_path):
+    from ml.engine.errors import EngineError
+
+    with pytest.raises(EngineError, match=r"loss became nan between steps 5 and 8 \(epoch 0\); lower --lr"):
+        train(config(tmp_path / "nan", "--no-export"), _NanAt())

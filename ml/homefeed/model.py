@@ -236,6 +236,8 @@ class HomefeedRanker(nn.Module):
     def _check_widths(self, context: Tensor, dense: Tensor, *hist: Tensor) -> None:
         """Fail with a readable message on data/model config mismatch (static dims only, so
         this is free under trace and export)."""
+        if torch.jit.is_tracing():
+            return  # under tracing shapes are symbolic; the exported signature pins the widths instead
         cfg = self.config
         want = {"context": len(cfg.context_cardinalities), "dense": cfg.num_dense}
         got = {"context": context.shape[-1], "dense": dense.shape[-1]}

@@ -45,8 +45,8 @@ class HomefeedConfig(TrainerConfig):
     # data
     data_dir: str | None = field(default=None, metadata=_h(
         "folder with train-*.parquet and eval-*.parquet shards (data.SCHEMA); none: generate synthetic data"))
-    train_samples: int = field(default=200_000, metadata=_h("synthetic training rows"))
-    eval_samples: int = field(default=20_000, metadata=_h("synthetic held-out rows"))
+    train_samples: int = field(default=500_000, metadata=_h("synthetic training rows"))
+    eval_samples: int = field(default=50_000, metadata=_h("synthetic held-out rows"))
     num_shards: int = field(default=4, metadata=_h("Parquet shards per split (synthetic)"))
     num_users: int = field(default=5000, metadata=_h("synthetic users"))
     num_items: int = field(default=2000, metadata=_h("synthetic items"))

@@ -43,7 +43,11 @@ def main() -> int:
         tempfile.tempdir = None
         os.environ.setdefault("XDG_CACHE_HOME", os.path.join(tmp, ".cache"))
         os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, ".matplotlib"))
-    args = list(sys.argv[1:]) + ["-p", "no:cacheprovider", "--import-mode=importlib", "-ra"]
+    argv = list(sys.argv[1:])
+    while argv and argv[0].startswith("--mlenv-env="):  # set by the ml_py_test macro (env_vars)
+        key, _, value = argv.pop(0).removeprefix("--mlenv-env=").partition("=")
+        os.environ[key] = value
+    args = argv + ["-p", "no:cacheprovider", "--import-mode=importlib", "-ra"]
     if tmp:
         args += ["--basetemp", os.path.join(tmp, "pytest")]
     xml = os.environ.get("XML_OUTPUT_FILE")
