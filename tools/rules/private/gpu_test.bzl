@@ -11,9 +11,8 @@ def _gpu_test_spec_impl(ctx):
         fail("ml_gpu_test(%s): gpus must be >= 1, got %d; use ml_py_test for tests that need no GPU" % (test, ctx.attr.gpus))
     if ctx.attr.gpus > _MAX_GPUS:
         fail("ml_gpu_test(%s): gpus = %d is more than any machine here has (max %d); split the test or lower gpus" % (test, ctx.attr.gpus, _MAX_GPUS))
-    for tag in ctx.attr.user_tags:
-        if tag in ("manual", "exclusive"):
-            fail("ml_gpu_test(%s): tag %r is not allowed: GPU tests are already excluded by default (tag `gpu`) and lock their devices themselves; drop it" % (test, tag))
+    if "exclusive" in ctx.attr.user_tags:
+        fail("ml_gpu_test(%s): tag 'exclusive' is not needed and serialises every test of the build: GPU tests lock their own devices (one test per GPU); drop the tag" % test)
     spec = ctx.actions.declare_file(ctx.label.name + ".json")
     ctx.actions.write(spec, json.encode({"target": test, "gpus": ctx.attr.gpus, "cpu_fallback": ctx.attr.cpu_fallback}))
     return [DefaultInfo(files = depset([spec]), runfiles = ctx.runfiles(files = [spec]))]
