@@ -127,3 +127,13 @@ def test_non_finite_loss_stops_the_run_naming_the_steps(tmp_path):
 
     with pytest.raises(EngineError, match=r"loss became nan between steps 5 and 8 \(epoch 0\); lower --lr"):
         train(config(tmp_path / "nan", "--no-export"), _NanAt())
+
+
+def test_profile_writes_a_trace_tensorboard_and_perfetto_can_read(tmp_path):
+    result = train(config(tmp_path / "prof", "--profile", "--profile-steps", "3", "--no-export"), ToyTask())
+    traces = list((result.run_dir / "profile").glob("*.pt.trace.json*"))
+    assert traces, list((result.run_dir / "profile").iterdir())
+    import json as _json
+
+    events = _json.loads(traces[0].read_text())["traceEvents"]
+    assert any(e.get("name", "").startswith("ProfilerStep#") for e in events)
