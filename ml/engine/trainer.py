@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import math
 import os
 import subprocess
@@ -383,6 +384,9 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
                                       folder=run_dir / "export", fmt=config.export_format)
                 tracker.log_artifact(export.folder, "export")
             tracker.set_tags({"mlenv.final_step": str(step)})
+            (run_dir / "result.json").write_text(json.dumps({
+                "run_id": tracker.run_id, "tracking_uri": target.tracking_uri, "global_step": step,
+                "final_loss": last_loss, "eval_metrics": eval_metrics}, indent=2, sort_keys=True) + "\n")
             print(f"mlenv: done at step {step}: loss {last_loss:.4f}"
                   + "".join(f", {k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
                   + f"\n  run dir:     {run_dir}\n  mlflow:      {target.tracking_uri} run {tracker.run_id}"

@@ -1,0 +1,119 @@
+"""Implementation of //tools/rules:bundle.bzl: build-time trained models and deployable model bundles."""
+
+def _trained_model_impl(ctx):
+    out = ctx.actions.declare_directory(ctx.label.name)
+    ctx.actions.run_shell(
+        outputs = [out],
+        inputs = [],
+        tools = [ctx.attr.trainer[DefaultInfo].files_to_run],
+        command = """set -euo pipefail
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" HOME="$work"
+"$1" "${@:3}" --set "run_dir=$work/run" --set run_name=build > "$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
+cp "$work/run/export/"* "$2/"
+cp "$work/run/result.json" "$2/result.json"
+""",
+        arguments = [ctx.executable.trainer.path, out.path] + ctx.attr.args_,
+        mnemonic = "TrainModel",
+        progress_message = "Training %s (%s)" % (ctx.label, ctx.attr.trainer.label),
+        use_default_shell_env = False,
+        env = {"PATH": "/usr/bin:/bin"},
+    )
+    return [DefaultInfo(files = depset([out]))]
+
+trained_model = rule(
+    implementation = _trained_model_impl,
+    attrs = {
+        "args_": attr.string_list(),
+        "trainer": attr.label(mandatory = True, executable = True, cfg = "exec"),
+    },
+)
+
+def ml_trained_model(name, trainer, args = [], **kwargs):
+    """Trains `trainer` as a build action and outputs its export folder (model, signature, golden batch).
+
+    For small, deterministic models that tests and default bundles need without a tracking server.
+    """
+    trained_model(name = name, trainer = trainer, args_ = args, **kwargs)
+
+def _bundle_impl(ctx):
+    if not ctx.attr.model_name:
+        fail("ml_model_bundle(%s): model_name is empty; name the model as clients will address it" % ctx.label)
+    if ctx.attr.export and ctx.attr.mlflow_run:
+        fail("ml_model_bundle(%s): give either export (a label) or mlflow_run, not both" % ctx.label)
+    if not ctx.attr.export and not ctx.attr.mlflow_run:
+        fail("ml_model_bundle(%s): no weights: set export = \":<trained model>\" or mlflow_run + mlflow_sha256" % ctx.label)
+    if ctx.attr.mlflow_run and not ctx.attr.mlflow_sha256.startswith("sha256:"):
+        fail("ml_model_bundle(%s): mlflow_run %r needs mlflow_sha256 = \"sha256:...\" (the digest of its export folder; a build with a wrong pin prints the right one)" % (ctx.label, ctx.attr.mlflow_run))
+    if ctx.attr.max_batch_size < 1:
+        fail("ml_model_bundle(%s): max_batch_size must be >= 1, got %d" % (ctx.label, ctx.attr.max_batch_size))
+    out = ctx.actions.declare_directory(ctx.label.name)
+    args = ctx.actions.args()
+    inputs = [ctx.file._lock_digest, ctx.info_file]
+    if ctx.attr.export:
+        args.add("--export-dir", ctx.file.export.path)
+        inputs.append(ctx.file.export)
+    else:
+        args.add("--mlflow-run", ctx.attr.mlflow_run)
+        args.add("--mlflow-sha256", ctx.attr.mlflow_sha256)
+    args.add("--out", out.path)
+    args.add("--name", ctx.attr.model_name)
+    args.add("--version", ctx.attr.version)
+    args.add("--label", str(ctx.label))
+    args.add("--lock-digest-file", ctx.file._lock_digest.path)
+    args.add("--stable-status", ctx.info_file.path)
+    args.add("--max-batch-size", str(ctx.attr.max_batch_size))
+    args.add("--max-queue-delay-us", str(ctx.attr.max_queue_delay_us))
+    ctx.actions.run(
+        executable = ctx.executable._make_bundle,
+        arguments = [args],
+        inputs = inputs,
+        outputs = [out],
+        mnemonic = "ModelBundle",
+        progress_message = "Bundling %s" % ctx.label,
+        env = {"MLFLOW_TRACKING_URI": ctx.attr.mlflow_tracking_uri} if ctx.attr.mlflow_tracking_uri else {},
+    )
+    return [DefaultInfo(files = depset([out]), runfiles = ctx.runfiles(files = [out]))]
+
+model_bundle = rule(
+    implementation = _bundle_impl,
+    attrs = {
+        "export": attr.label(allow_single_file = True, doc = "an export folder (ml_trained_model or any engine export)"),
+        "max_batch_size": attr.int(default = 256),
+        "max_queue_delay_us": attr.int(default = 2000),
+        "mlflow_run": attr.string(doc = "MLflow run id whose `export` artifacts are bundled"),
+        "mlflow_sha256": attr.string(doc = "digest of that export folder (sha256:...)"),
+        "mlflow_tracking_uri": attr.string(doc = "MLflow server for mlflow_run (default: $MLFLOW_TRACKING_URI)"),
+        "model_name": attr.string(mandatory = True),
+        "version": attr.string(default = "1"),
+        "_lock_digest": attr.label(default = "@pypi//:lock_digest.txt", allow_single_file = True),
+        "_make_bundle": attr.label(default = "//ml/serving:make_bundle", executable = True, cfg = "exec"),
+    },
+)
+
+def ml_model_bundle(name, model_name, version = "1", export = None, mlflow_run = None, mlflow_sha256 = "",
+                    mlflow_tracking_uri = "", max_batch_size = 256, max_queue_delay_us = 2000, **kwargs):
+    """A deployable bundle; also `<name>.check` (bazel run) that verifies it. See docs/rules.md."""
+    model_bundle(
+        name = name,
+        model_name = model_name,
+        version = version,
+        export = export,
+        mlflow_run = mlflow_run or "",
+        mlflow_sha256 = mlflow_sha256,
+        mlflow_tracking_uri = mlflow_tracking_uri,
+        max_batch_size = max_batch_size,
+        max_queue_delay_us = max_queue_delay_us,
+        **kwargs
+    )
+    native.py_binary(
+        name = name + ".check",
+        srcs = ["//ml/serving:check_bundle.py"],
+        main = "//ml/serving:check_bundle.py",
+        args = ["$(rootpath :%s)" % name],
+        data = [":" + name],
+        deps = ["//ml/serving:bundle"],
+        python_version = "PY3",
+        tags = kwargs.get("tags", []),
+    )
