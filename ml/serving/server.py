@@ -402,7 +402,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             unknown = [o for o in wanted if o not in known]
             if unknown:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown outputs {unknown}; model has {known}")
-            outputs = model.batcher.submit(inputs, rows, context.time_remaining())
+            remaining = context.time_remaining()  # huge (not None) when the client set no deadline
+            outputs = model.batcher.submit(inputs, rows, min(remaining if remaining is not None else 300.0, 300.0))
             response = pb.ModelInferResponse(model_name=model.bundle.name, model_version=version, id=request.id)
             for spec, array in zip(model.outputs, outputs):
                 if spec["name"] not in wanted:

@@ -1,0 +1,299 @@
+"""The model server, driven by the real tritonclient.grpc client over loopback."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from ml.serving import bundle, server
+from ml.serving.testing import TinyRanker, example_inputs, make_bundle
+
+
+def inputs_for(ids: np.ndarray, dense: np.ndarray, *, ids_name="ids", ids_type="INT64", dense_type="FP32"):
+    a = triton.InferInput(ids_name, list(ids.shape), ids_type)
+    a.set_data_from_numpy(ids)
+    b = triton.InferInput("dense", list(dense.shape), dense_type)
+    b.set_data_from_numpy(dense)
+    return [a, b]
+
+
+def rows(n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 50, (n, 4)).astype(np.int64), rng.normal(size=(n, 3)).astype(np.float32)
+
+
+def expected(ids, dense, bias=0.0):
+    with torch.no_grad():
+        score, prob = TinyRanker(bias)(torch.from_numpy(ids), torch.from_numpy(dense))
+    return score.numpy(), prob.numpy()
+
+
+@pytest.fixture
+def served(tmp_path):
+    repo = tmp_path / "repo"
+    make_bundle(repo, name="tiny", version="1")
+    make_bundle(repo, name="tiny", version="2", bias=1.0)
+    make_bundle(repo, name="other", version="1", bias=-2.0)
+    srv = server.start(repository_dir=repo, port=0, metrics_port=0, max_message_bytes=1 << 20)
+    client = triton.InferenceServerClient(f"127.0.0.1:{srv.port}")
+    yield srv, client, repo
+    client.close()
+    srv.stop(1)
+
+
+def code_of(exc: InferenceServerException) -> str:
+    return exc.status()
+
+
+def test_health_and_metadata(served):
+    srv, client, _ = served
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("tiny") and client.is_model_ready("tiny", "1") and not client.is_model_ready("nope")
+    meta = client.get_server_metadata()
+    assert meta.name == "mlenv"
+    md = client.get_model_metadata("tiny")
+    assert md.versions == ["1", "2"] and md.platform == "pytorch_torchscript"
+    assert [(t.name, t.datatype, list(t.shape)) for t in md.inputs] == [("ids", "INT64", [-1, 4]), ("dense", "FP32", [-1, 3])]
+    assert [(t.name, t.datatype) for t in md.outputs] == [("score", "FP32"), ("prob", "FP32")]
+    config = client.get_model_config("tiny").config
+    assert config.max_batch_size == 64 and list(config.input[0].dims) == [4]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+
+
+def test_infer_raw_contents_versions_and_models(served):
+    _, client, _ = served
+    ids, dense = rows()
+    latest = client.infer("tiny", inputs_for(ids, dense))
+    assert latest.get_response().model_version == "2"
+    want_score, want_prob = expected(ids, dense, bias=1.0)
+    np.testing.assert_allclose(latest.as_numpy("score"), want_score, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(latest.as_numpy("prob"), want_prob, rtol=0, atol=1e-6)
+    v1 = client.infer("tiny", inputs_for(ids, dense), model_version="1")
+    np.testing.assert_allclose(v1.as_numpy("score"), expected(ids, dense)[0], atol=1e-6)
+    other = client.infer("other", inputs_for(ids, dense))
+    np.testing.assert_allclose(other.as_numpy("score"), expected(ids, dense, bias=-2.0)[0], atol=1e-6)
+    only_prob = client.infer("tiny", inputs_for(ids, dense), outputs=[triton.InferRequestedOutput("prob")])
+    assert only_prob.as_numpy("score") is None and only_prob.as_numpy("prob").shape == (5,)
+
+
+@pytest.mark.parametrize("case,code,message", [
+    ("unknown model", "StatusCode.NOT_FOUND", "unknown model 'nope'; loaded models: other, tiny"),
+    ("unknown version", "StatusCode.NOT_FOUND", "model 'tiny' has no version '9'; loaded versions: 1, 2"),
+    ("wrong name", "StatusCode.INVALID_ARGUMENT", "missing ['ids'], unknown ['idz']"),
+    ("wrong dtype", "StatusCode.INVALID_ARGUMENT", "input dense: datatype FP64, the model expects FP32"),
+    ("wrong shape", "StatusCode.INVALID_ARGUMENT", "input ids: shape [5, 3], the model expects [-1, 4]"),
+    ("ragged batch", "StatusCode.INVALID_ARGUMENT", "input dense has 4 rows, other inputs 5"),
+    ("too many rows", "StatusCode.INVALID_ARGUMENT", "batch of 65 rows; model tiny accepts 1..64 per request"),
+    ("unknown output", "StatusCode.INVALID_ARGUMENT", "unknown outputs ['logits']"),
+    ("oversize", "StatusCode.RESOURCE_EXHAUSTED", ""),
+])
+def test_bad_requests_get_the_right_status_and_the_next_request_succeeds(served, case, code, message):
+    _, client, _ = served
+    ids, dense = rows()
+    model, kwargs, ins = "tiny", {}, None
+    if case == "unknown model":
+        model = "nope"
+    elif case == "unknown version":
+        kwargs["model_version"] = "9"
+    elif case == "wrong name":
+        ins = inputs_for(ids, dense, ids_name="idz")
+    elif case == "wrong dtype":
+        ins = inputs_for(ids, dense.astype(np.float64), dense_type="FP64")
+    elif case == "wrong shape":
+        ins = inputs_for(ids[:, :3].copy(), dense)
+    elif case == "ragged batch":
+        ins = inputs_for(ids, dense[:4].copy())
+    elif case == "too many rows":
+        ins = inputs_for(*rows(65))
+    elif case == "unknown output":
+        kwargs["outputs"] = [triton.InferRequestedOutput("logits")]
+    elif case == "oversize":
+        big = np.zeros((60000, 4), dtype=np.int64)  # 1.9 MB > the 1 MiB limit of this server
+        ins = inputs_for(big, np.zeros((60000, 3), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(model, ins or inputs_for(ids, dense), **kwargs)
+    assert code_of(info.value) == code, info.value
+    assert message in info.value.message()
+    ok = client.infer("tiny", inputs_for(ids, dense))
+    assert ok.as_numpy("score").shape == (5,)
+
+
+def test_typed_contents_are_accepted(served):
+    """Clients that send InferTensorContents instead of raw bytes (KServe's typed form)."""
+    srv, _, _ = served
+    import grpc
+
+    from ml.serving.proto import inference_pb2 as pb
+    from ml.serving.proto import inference_pb2_grpc as pb_grpc
+
+    ids, dense = rows(2)
+    request = pb.ModelInferRequest(model_name="tiny", model_version="1")
+    request.inputs.add(name="ids", datatype="INT64", shape=[2, 4]).contents.int64_contents.extend(ids.ravel().tolist())
+    request.inputs.add(name="dense", datatype="FP32", shape=[2, 3]).contents.fp32_contents.extend(dense.ravel().tolist())
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    score = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
+    np.testing.assert_allclose(score, expected(ids, dense)[0], atol=1e-6)
+
+
+def test_dynamic_batching_merges_concurrent_requests(tmp_path):
+    repo = tmp_path / "repo"
+    make_bundle(repo, name="tiny", max_queue_delay_us=50_000)
+    srv = server.start(repository_dir=repo, port=0, metrics_port=0)
+    try:
+        ids, dense = rows(2)
+
+        def one(_):
+            with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as c:
+                return c.infer("tiny", inputs_for(ids, dense)).as_numpy("score")
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(32)))
+        for r in results:
+            np.testing.assert_allclose(r, expected(ids, dense)[0], atol=1e-6)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics").read().decode()
+        count = float(next(l.split()[-1] for l in text.splitlines() if l.startswith('mlenv_batch_size_rows_count{model="tiny/1"}')))
+        assert count < 32, f"32 requests ran as {count} batches: nothing was batched"
+        assert 'mlenv_inference_requests_total{code="OK",model="tiny",version="1"} 32.0' in text
+        assert "mlenv_inference_latency_seconds_bucket" in text and "mlenv_queue_depth" in text
+    finally:
+        srv.stop(1)
+
+
+def test_hot_reload_of_a_new_version_fails_no_in_flight_request(served):
+    srv, client, repo = served
+    ids, dense = rows()
+    stop, failures, versions = threading.Event(), [], set()
+
+    def hammer():
+        with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as c:
+            while not stop.is_set():
+                try:
+                    versions.add(c.infer("tiny", inputs_for(ids, dense)).get_response().model_version)
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    make_bundle(repo, name="tiny", version="3", bias=3.0)
+    srv.repository.keep_versions = 1  # v3 replaces v1 and v2 while requests are running
+    srv.repository.scan(repo)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert "3" in versions and client.get_model_metadata("tiny").versions == ["3"]
+    np.testing.assert_allclose(client.infer("tiny", inputs_for(ids, dense)).as_numpy("score"),
+                               expected(ids, dense, bias=3.0)[0], atol=1e-6)
+
+
+def test_tampered_bundle_is_refused_and_the_server_keeps_serving(served):
+    srv, client, repo = served
+    bad = make_bundle(repo, name="tiny", version="7")
+    artifact = bad / "model/model.pt"
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+    srv.repository.scan(repo)
+    assert client.get_model_metadata("tiny").versions == ["1", "2"]
+    assert "model/model.pt has sha256:" in srv.repository.failed[str(bad)]
+    with pytest.raises(bundle.BundleError, match="the bundle was modified after it was built"):
+        server.start(bundles_to_load=[bad], port=0, metrics_port=None)
+
+
+def _serve_cli(*args):
+    return subprocess.Popen([sys.executable, *(["-S"] if sys.flags.no_site else []), "-m", "ml.serving.server", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_ready(port, proc, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+        try:
+            with triton.InferenceServerClient(f"127.0.0.1:{port}") as c:
+                if c.is_server_ready():
+                    return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
+    path = make_bundle(tmp_path, name="tiny", max_queue_delay_us=800_000)  # requests wait ~0.8 s for company
+    port = _free_port()
+    proc = _serve_cli("--bundle", str(path), "--port", str(port), "--metrics-port", "-1", "--drain-seconds", "10")
+    try:
+        _wait_ready(port, proc)
+        ids, dense = rows(1)
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        results, done = [], threading.Event()
+
+        def callback(result, error):
+            results.append(error or result)
+            if len(results) == 4:
+                done.set()
+
+        for _ in range(4):
+            client.async_infer("tiny", inputs_for(ids, dense), callback)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert done.wait(20)
+        assert all(not isinstance(r, Exception) for r in results), results
+        assert proc.wait(30) == 0
+        assert "draining" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_binds_loopback_by_default_and_serves_tls(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    path = make_bundle(tmp_path, name="tiny")
+    srv = server.start(bundles_to_load=[path], port=0, metrics_port=None, tls_cert=cert, tls_key=key)
+    try:
+        with triton.InferenceServerClient(f"localhost:{srv.port}", ssl=True, root_certificates=str(cert)) as c:
+            ids, dense = rows()
+            np.testing.assert_allclose(c.infer("tiny", inputs_for(ids, dense)).as_numpy("score"), expected(ids, dense)[0],
+                                       atol=1e-6)
+        with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as plain:  # no TLS: refused
+            with pytest.raises(InferenceServerException):
+                plain.is_server_live()
+    finally:
+        srv.stop(1)
+    import inspect
+
+    assert inspect.signature(server.start).parameters["host"].default == "127.0.0.1"
+
+
+def test_cli_refuses_bad_usage(tmp_path):
+    proc = _serve_cli("--port", "0")
+    assert proc.wait(60) == 2 and "give at least one --bundle or a --repository" in proc.stderr.read()
+    proc = _serve_cli("--bundle", str(tmp_path), "--port", "0", "--metrics-port", "-1")
+    assert proc.wait(60) == 1 and "is not a bundle: no bundle.json" in proc.stderr.read()

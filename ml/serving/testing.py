@@ -1,0 +1,41 @@
+"""Test helpers: a small two-input model exported and bundled like a trained one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ml.engine.export import export_model
+from ml.serving import bundle
+
+
+class TinyRanker(torch.nn.Module):
+    """ids int64 [B, 4] + dense float32 [B, 3] -> (score [B], prob [B]); `bias` tells versions apart."""
+
+    def __init__(self, bias: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(50, 4)
+        self.lin = torch.nn.Linear(7, 1)
+        self.bias = bias
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor):
+        h = torch.cat([self.emb(ids.clamp(0, 49)).mean(1), dense], dim=1)
+        score = self.lin(h).squeeze(1) + self.bias
+        return score, torch.sigmoid(score)
+
+
+def example_inputs(rows: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, 50, (rows, 4), generator=gen), torch.randn(rows, 3, generator=gen)
+
+
+def make_bundle(root: Path, *, name: str = "tiny", version: str = "1", bias: float = 0.0,
+                max_batch_size: int = 64, max_queue_delay_us: int = 2000) -> Path:
+    export = root / f"export-{name}-{version}"
+    export_model(TinyRanker(bias), example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"],
+                 folder=export)
+    return bundle.write_bundle(export, root / name / version, name=name, version=version, label="//test:tiny",
+                               lock_digest="sha256:test", git_commit="test", max_batch_size=max_batch_size,
+                               max_queue_delay_us=max_queue_delay_us)
