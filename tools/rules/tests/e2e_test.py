@@ -17,7 +17,8 @@ import pytest
 
 from tools.testing.bazel_workspace import SampleWorkspace
 
-COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/rules", "toolchains", "third_party/pip", "ml/engine"]
+COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
+        "ml/engine"]
 
 SAMPLE_BUILD = '''
 load("//tools/rules:gpu_test.bzl", "ml_gpu_test")
@@ -60,7 +61,7 @@ def copy_into(ws: SampleWorkspace, relative: str) -> None:
     if source.is_dir():
         shutil.copytree(source, target, dirs_exist_ok=True)
     else:
-        shutil.copyfile(source, target)
+        shutil.copy(source, target)  # keeps the executable bit (tools/workspace_status.sh)
 
 
 @pytest.fixture(scope="module")
