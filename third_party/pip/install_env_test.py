@@ -1,6 +1,5 @@
 """install_env.py against real uv and real (tiny, generated) wheels: install, hash pinning, bad locks."""
 
-import base64
 import hashlib
 import json
 import os
@@ -12,32 +11,12 @@ from pathlib import Path
 import pytest
 
 from third_party.pip.private import install_env
+from tools.testing.wheels import make_wheel
 
 UV = str(Path("../mlenv_uv/uv").resolve())
 PYTHON = Path("../mlenv_python/interpreter_path.txt").read_text().strip()
 SCRIPT = str(Path("third_party/pip/private/install_env.py").resolve())
 OFFLINE_INDEX = "https://pypi.invalid/simple"  # never resolves: the tests use a local find-links folder only
-
-
-def make_wheel(folder: Path, name: str, version: str, requires=()) -> Path:
-    dist_info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f"VERSION = {version!r}\n",
-        f"{dist_info}/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: %s\n%s" % (
-            name, version, "".join(f"Requires-Dist: {r}\n" for r in requires)),
-        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: mlenv-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
-    record.append(f"{dist_info}/RECORD,,")
-    files[f"{dist_info}/RECORD"] = "\n".join(record) + "\n"
-    wheel = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            zf.writestr(path, text)
-    return wheel
 
 
 def sha256(path: Path) -> str:
