@@ -54,7 +54,8 @@ class TrainerConfig:
     checkpoint_every: int = field(default=200, metadata=_help("write a checkpoint every N steps (and always at the end)"))
     keep_checkpoints: int = field(default=3, metadata=_help("how many recent checkpoints to keep"))
     resume: bool = field(default=False, metadata=_help("continue from the latest checkpoint in --run-dir"))
-    run_dir: str | None = field(default=None, metadata=_help("where checkpoints, logs and the export go (default: .mlenv/runs/<project>/<run name>)"))
+    run_dir: str | None = field(default=None, metadata=_help(
+        "where checkpoints, logs and the export go (default: .mlenv/runs/<project>/<run name>)"))
     run_name: str | None = field(default=None, metadata=_help("MLflow run name (default: <project>-<timestamp>)"))
     experiment: str | None = field(default=None, metadata=_help("MLflow experiment (default: the project name)"))
     log_every: int = field(default=20, metadata=_help("log metrics every N steps"))

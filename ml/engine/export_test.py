@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ml.engine.errors import ExportError
-from ml.engine.export import export_model, load_exported, load_golden
+from ml.engine.export import export_model
 
 
 class TwoHeads(torch.nn.Module):

@@ -4,8 +4,6 @@ Run with `tools/bazel test --config=gpu //ml/...`. `ddp_gpu_test_cpu` runs the s
 """
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

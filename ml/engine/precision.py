@@ -27,7 +27,7 @@ class Precision:
     scaler: Any = None
 
     @classmethod
-    def create(cls, mode: str, device: torch.device) -> "Precision":
+    def create(cls, mode: str, device: torch.device) -> Precision:
         if mode not in ("fp32", "bf16", "fp16"):
             raise PrecisionError(f"precision {mode!r} is not one of fp32, bf16, fp16")
         if mode == "fp16" and device.type != "cuda":

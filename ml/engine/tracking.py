@@ -20,9 +20,10 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Tracker", "TrackingTarget", "default_tracking_target", "replay", "workspace_dir"]
 

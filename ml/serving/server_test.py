@@ -1,7 +1,5 @@
 """The model server, driven by the real tritonclient.grpc client over loopback."""
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +7,6 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from ml.serving import bundle, server
-from ml.serving.testing import TinyRanker, example_inputs, make_bundle
+from ml.serving.testing import TinyRanker, make_bundle
 
 
 def inputs_for(ids: np.ndarray, dense: np.ndarray, *, ids_name="ids", ids_type="INT64", dense_type="FP32"):

@@ -6,7 +6,6 @@ over locally built wheels, so nothing but uv itself is downloaded.
 """
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 

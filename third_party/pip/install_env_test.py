@@ -4,8 +4,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest

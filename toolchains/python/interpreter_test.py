@@ -1,6 +1,5 @@
 """The interpreter toolchain, through real Bazel on a sample workspace."""
 
-import os
 import stat
 
 import pytest

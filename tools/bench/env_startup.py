@@ -66,7 +66,7 @@ def main() -> int:
     ten_tests = time.perf_counter() - start
 
     med_plain, med_pytest, med_bazel = (statistics.median(x) for x in (plain, plain_pytest, through_bazel))
-    print(f"| measure | value |\n|---|---|")
+    print("| measure | value |\n|---|---|")
     print(f"| files in the locked environment (site-packages) | {files_in_env:,} |")
     print(f"| runfiles entries of one torch test | {entries} |")
     print(f"| `import torch`, plain python, locked tree on PYTHONPATH (median of {args.repeats}) | {med_plain:.2f} s |")

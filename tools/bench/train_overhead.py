@@ -120,7 +120,8 @@ def main() -> int:
             engine.append(engine_loop(cfg))
     b, e = statistics.median(bare), statistics.median(engine)
     threads = torch.get_num_threads()
-    print(f"| loop ({args.steps} steps, batch {warm.batch_size}, default model, {threads} threads) | seconds (median of {args.repeats}) | steps/s |")
+    print(f"| loop ({args.steps} steps, batch {warm.batch_size}, default model, {threads} threads) "
+          f"| seconds (median of {args.repeats}) | steps/s |")
     print("|---|---|---|")
     print(f"| bare PyTorch loop | {b:.2f} | {args.steps / b:.1f} |")
     print(f"| engine loop (tracking, TensorBoard, checkpoints, progress) | {e:.2f} | {args.steps / e:.1f} |")

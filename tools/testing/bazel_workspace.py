@@ -43,7 +43,7 @@ class SampleWorkspace:
     bazel_binary: str
 
     @classmethod
-    def create(cls, root: Path, copy: dict[str, str] | None = None, workspace_name: str = "sample") -> "SampleWorkspace":
+    def create(cls, root: Path, copy: dict[str, str] | None = None, workspace_name: str = "sample") -> SampleWorkspace:
         root.mkdir(parents=True, exist_ok=True)
         runfiles = runfiles_root()
         for name in STANDINS:
