@@ -1,5 +1,7 @@
 """Implementation of //tools/rules:bundle.bzl: build-time trained models and deployable model bundles."""
 
+load(":providers.bzl", "ModelBundleInfo")
+
 def _trained_model_impl(ctx):
     out = ctx.actions.declare_directory(ctx.label.name)
     ctx.actions.run_shell(
@@ -74,7 +76,10 @@ def _bundle_impl(ctx):
         progress_message = "Bundling %s" % ctx.label,
         env = {"MLFLOW_TRACKING_URI": ctx.attr.mlflow_tracking_uri} if ctx.attr.mlflow_tracking_uri else {},
     )
-    return [DefaultInfo(files = depset([out]), runfiles = ctx.runfiles(files = [out]))]
+    return [
+        DefaultInfo(files = depset([out]), runfiles = ctx.runfiles(files = [out])),
+        ModelBundleInfo(dir = out, model_name = ctx.attr.model_name, version = ctx.attr.version),
+    ]
 
 model_bundle = rule(
     implementation = _bundle_impl,
