@@ -110,6 +110,7 @@ def test_synthetic_package_is_moved_under_usr_with_links_fixed(tmp_path):
         "usr/share/man/man1/tool.1.gz": b"dropped",
     })
     layer = build(tmp_path, [("tool", deb)])
+    assert layer["usr"].isdir() and layer["usr/bin"].isdir() and layer["bin"].linkname == "usr/bin"
     assert layer["usr/bin/tool"].isfile() and layer["usr/bin/alias"].linkname == "tool"
     assert layer["usr/sbin/up"].linkname == "../lib/tool/run"  # still /usr/lib/tool/run from its new place
     assert layer["usr/bin/copy"].isfile() and layer["usr/bin/copy"].size == len(b"#!/bin/sh\n")

@@ -227,6 +227,8 @@ def add_generated(tree: Tree, controls: dict[str, str]) -> None:
     for name, control in controls.items():
         text = control.rstrip("\n") + "\n"
         put(f"var/lib/dpkg/status.d/{name}", Entry(tarfile.REGTYPE, 0o644, gen, data=text.encode()))
+    for path in list(tree.entries):  # a directory that moved under /usr may lack its parents
+        tree.add_parents(path, gen)
 
 
 # --- writing --------------------------------------------------------------------------------------------
