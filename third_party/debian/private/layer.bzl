@@ -40,10 +40,17 @@ def _debian_layer_impl(ctx):
 
 debian_layer = rule(
     implementation = _debian_layer_impl,
+    doc = """Merges the .deb files of a `debian_packages` repository into one deterministic layer tar.
+
+Outputs `<name>.tar` and `<name>.tar.sha256`; returns DebianLayerInfo. Use the `debian_base_layer` macro.""",
     attrs = {
-        "debs": attr.label(mandatory = True, allow_files = [".deb"]),
-        "interpreter": attr.string(),
-        "packages": attr.label(mandatory = True, allow_single_file = [".json"]),
+        "debs": attr.label(mandatory = True, allow_files = [".deb"], doc = "the .deb files, e.g. @debian_bookworm//:debs"),
+        "interpreter": attr.string(doc = "absolute path the layer must hold as a file (\"\" for none)"),
+        "packages": attr.label(
+            mandatory = True,
+            allow_single_file = [".json"],
+            doc = "packages.json of the same repository: which file is which package",
+        ),
         "_build_layer": attr.label(
             default = "//third_party/debian/private:build_layer",
             executable = True,
