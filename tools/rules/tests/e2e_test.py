@@ -1,7 +1,8 @@
 """Real Bazel on a sample workspace that uses our rules exactly the way ml/ does.
 
-The sample gets copies of WORKSPACE, .bazelrc, tools/rules, toolchains, third_party/pip and ml/engine, and
-reuses this build's installed @pypi (--override_repository) instead of installing 3 GB again. It checks:
+The sample gets copies of WORKSPACE, .bazelrc, tools/rules, toolchains, third_party/pip, third_party/debian
+(WORKSPACE loads it) and ml/engine, and reuses this build's installed @pypi (--override_repository) instead
+of installing 3 GB again. It checks:
 - the default suite runs ml_py_test, the `_cpu` variant of an ml_gpu_test and an ml_trainer_integration_test
   (on the engine's toy trainer), and skips the GPU variant;
 - ml_py_test writes JUnit XML and honours --test_filter;
@@ -18,7 +19,7 @@ import pytest
 from tools.testing.bazel_workspace import SampleWorkspace
 
 COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
-        "ml/engine"]
+        "third_party/debian", "ml/engine"]
 
 SAMPLE_BUILD = '''
 load("//tools/rules:gpu_test.bzl", "ml_gpu_test")
