@@ -226,7 +226,7 @@ def _image_impl(ctx):
             "dev.mlenv.git.commit": "{STABLE_GIT_COMMIT}",
         }),
         ports = ctx.attr.ports,
-        tag = ctx.attr.repo_tag.rsplit(":", 1)[1] if ":" in ctx.attr.repo_tag.rsplit("/", 1)[-1] else "latest",
+        tag = ctx.attr.repo_tag,
     )
     spec_file = ctx.actions.declare_file(ctx.label.name + ".spec.json")
     ctx.actions.write(spec_file, json.encode(spec))
@@ -299,6 +299,7 @@ IMAGE_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONUNBUFFERED": "1",
     "RUNFILES_DIR": RUNFILES,
+    "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
 }
 
 def _default_main(binary):

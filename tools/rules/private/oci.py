@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import sys
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -377,7 +376,7 @@ def build_image(layers: list[tuple[str, Path, str]], spec: dict, stable_status: 
     manifest = _canonical(manifest_obj)
     manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     _place_blob(out_dir, manifest_digest, data=manifest)
-    tag = spec.get("tag", "latest")
+    tag = spec.get("tag", "latest")  # the full NAME:TAG, so `podman load` of the OCI side names it right
     index = {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [{
         "mediaType": MT_MANIFEST, "digest": manifest_digest, "size": len(manifest),
         "annotations": {"org.opencontainers.image.ref.name": tag}}]}
