@@ -57,7 +57,7 @@ def push(layout: Path, repository: str, *, insecure: bool | None = None, skopeo:
     ref = oci.read_layout(layout)[0]["manifests"][0].get("annotations", {}).get("org.opencontainers.image.ref.name")
     with tempfile.TemporaryDirectory(prefix="mlenv-push-") as tmp:
         digest_file = Path(tmp) / "digest"
-        cmd = [skopeo, "copy", "--retry-times", "2", "--digestfile", str(digest_file),
+        cmd = [skopeo, "copy", "--retry-times", "2", "--preserve-digests", "--digestfile", str(digest_file),
                f"--dest-tls-verify={'false' if insecure else 'true'}",
                f"oci:{layout}" + (f":{ref}" if ref else ""), f"docker://{name}:{tag}"]
         if quiet:
@@ -74,13 +74,14 @@ def push(layout: Path, repository: str, *, insecure: bool | None = None, skopeo:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="<image>.push", description=__doc__.splitlines()[0])
-    parser.add_argument("layout", type=Path, help="the image's OCI layout (filled in by the .push target)")
+    parser.add_argument("image", type=Path, nargs="+", help="the image files (layout, .digest), filled in by the .push target")
     parser.add_argument("--repository", required=True, help="REGISTRY/NAME[:TAG], e.g. registry.example.com/ml/homefeed:serve")
     parser.add_argument("--insecure", action="store_true", default=None,
                         help="plain HTTP / no TLS verification (default: only for loopback registries)")
     args = parser.parse_args(argv)
-    layout = args.layout if args.layout.is_absolute() else Path(os.getcwd()) / args.layout
     try:
+        layout, _ = oci._pick_image(args.image, None)
+        layout = layout if layout.is_absolute() else Path(os.getcwd()) / layout
         print(push(layout, args.repository, insecure=args.insecure))
     except (oci.OciError, ValueError) as exc:
         print(f"push: error: {exc}", file=sys.stderr)

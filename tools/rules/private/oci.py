@@ -476,11 +476,22 @@ def verify_tarball(tarball: Path, expect_digest: str | None = None) -> dict:
 
 # ----------------------------------------------------------------------------------------------- main
 
-def _read_digest(path: str) -> str:
+def _read_digest(path: str, what: str = "a layer digest") -> str:
     text = Path(path).read_text().strip()
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", text):
-        raise OciError(f"{path}: expected a layer digest like sha256:<64 hex>, got {text[:80]!r}")
+        raise OciError(f"{path}: expected {what} like sha256:<64 hex>, got {text[:80]!r}")
     return text
+
+
+def _pick_image(paths: list[Path], expect: str | None) -> tuple[Path, str | None]:
+    """From an image target's files (layout, .digest, .layers.json): the image and the digest it must have."""
+    images = [p for p in paths if p.is_dir() or p.suffix == ".tar"]
+    if len(images) != 1:
+        raise OciError(f"give one OCI layout folder or image tarball, got {[str(p) for p in paths]}")
+    digests = [p for p in paths if p.suffix == ".digest"]
+    if expect is None and digests:
+        expect = _read_digest(str(digests[0]), what="an image digest")
+    return images[0], expect
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -513,7 +524,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--repo-tag", required=True)
     p = sub.add_parser("verify")
-    p.add_argument("image", type=Path, help="an OCI layout folder or an image tarball")
+    p.add_argument("image", type=Path, nargs="+",
+                   help="an OCI layout folder or an image tarball (with its .digest file: checked against it)")
     p.add_argument("--expect-digest")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
@@ -547,9 +559,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         elif args.cmd == "tarball":
             write_tarball(args.layout, args.out, args.repo_tag)
         elif args.cmd == "verify":
-            check = verify_tarball if args.image.is_file() else verify_layout
-            result = check(args.image, args.expect_digest)
-            print(f"OK {args.image}: manifest {result['manifest_digest']}, {result['layers']} layers, every blob verified")
+            image, expect = _pick_image(args.image, args.expect_digest)
+            check = verify_tarball if image.is_file() else verify_layout
+            result = check(image, expect)
+            print(f"OK {image}: manifest {result['manifest_digest']}, {result['layers']} layers, every blob verified")
     except OciError as exc:
         print(f"oci: error: {exc}", file=sys.stderr)
         return 1
