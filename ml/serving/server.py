@@ -9,8 +9,12 @@
 - Hot reload: the repository is rescanned every `--poll-seconds` (and on SIGHUP). A new version is verified,
   loaded and checked against its golden batch BEFORE it becomes visible; requests already running keep the
   model object they started with, so none fails. `--keep-versions N` retires older versions.
-- Dynamic batching per model version: requests are queued and run together up to the bundle's
-  max_batch_size rows, waiting at most max_queue_delay_us for company.
+- Dynamic batching per model version: an idle model instance runs what is queued at once (a lone request
+  never waits); requests that arrive while every instance is busy queue up and run together, up to the
+  bundle's max_batch_size rows. max_queue_delay_us only bounds how long a batch waits for requests that
+  are already being decoded. `--instances N` model threads per version share the queue (default 1);
+  `--torch-threads` sets torch's intra-op threads per instance (default $OMP_NUM_THREADS, else
+  cores / instances), so N x threads should not exceed the cores the server may use.
 - Bad input never takes the server down: unknown model/version -> NOT_FOUND; wrong tensor names, dtypes,
   shapes or byte sizes -> INVALID_ARGUMENT with a message naming the tensor; oversize messages ->
   RESOURCE_EXHAUSTED (gRPC's own limit, --max-message-bytes). A tampered bundle is refused at load.
@@ -116,8 +120,9 @@ class DynamicBatcher:
     instance was busy: max_queue_delay is an upper bound on waiting for company, not a fixed cost.
 
     Instances share one model object: TorchScript and torch.export modules are safe to call from several
-    threads (inference only, no state is written) and run without the GIL, so N instances use N cores'
-    worth of torch while one copy of the weights stays in memory.
+    threads (inference only, no state is written), and one copy of the weights stays in memory. TorchScript
+    runs its graph without the GIL, so N instances use up to N x --torch-threads cores; a torch.export
+    module steps through its graph in Python, so its instances overlap less.
     """
 
     def __init__(self, name: str, model, max_batch_size: int, max_delay_s: float, metrics: Metrics,
