@@ -9,8 +9,12 @@
 - Hot reload: the repository is rescanned every `--poll-seconds` (and on SIGHUP). A new version is verified,
   loaded and checked against its golden batch BEFORE it becomes visible; requests already running keep the
   model object they started with, so none fails. `--keep-versions N` retires older versions.
-- Dynamic batching per model version: requests are queued and run together up to the bundle's
-  max_batch_size rows, waiting at most max_queue_delay_us for company.
+- Dynamic batching per model version: an idle model instance runs what is queued at once (a lone request
+  never waits); requests that arrive while every instance is busy queue up and run together, up to the
+  bundle's max_batch_size rows. max_queue_delay_us only bounds how long a batch waits for requests that
+  are already being decoded. `--instances N` model threads per version share the queue (default 1);
+  `--torch-threads` sets torch's intra-op threads per instance (default $OMP_NUM_THREADS, else
+  cores / instances), so N x threads should not exceed the cores the server may use.
 - Bad input never takes the server down: unknown model/version -> NOT_FOUND; wrong tensor names, dtypes,
   shapes or byte sizes -> INVALID_ARGUMENT with a message naming the tensor; oversize messages ->
   RESOURCE_EXHAUSTED (gRPC's own limit, --max-message-bytes). A tampered bundle is refused at load.
@@ -22,14 +26,18 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import logging
+import math
+import os
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,66 +94,158 @@ class Metrics:
                             registry=self.registry)
 
 
-@dataclass
 class _Pending:
-    inputs: list[np.ndarray]
-    rows: int
-    done: threading.Event = field(default_factory=threading.Event)
-    outputs: list[np.ndarray] | None = None
-    error: BaseException | None = None
+    """One request waiting in a batcher. `done` is a plain lock held until the result (or error) is set:
+    cheaper to create and to wait on than a threading.Event, and this path runs once per request."""
+
+    __slots__ = ("inputs", "rows", "enqueued", "done", "outputs", "error")
+
+    def __init__(self, inputs: list[np.ndarray], rows: int) -> None:
+        self.inputs, self.rows = inputs, rows
+        self.enqueued = time.monotonic()
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.outputs: list[np.ndarray] | None = None
+        self.error: BaseException | None = None
 
 
 class DynamicBatcher:
-    """Collects requests for one model version and runs them as one batch."""
+    """Queues the requests for one model version and runs them in batches on `instances` model threads.
 
-    def __init__(self, name: str, model, max_batch_size: int, max_delay_s: float, metrics: Metrics) -> None:
+    Policy ("batch what queued up while the model was busy"): an idle instance takes everything queued (up to
+    max_batch_size rows) at once. It waits only while requests for this model are still being decoded by
+    other handler threads (`reserve()`d but not yet `submit()`ed), because those will join the queue within
+    microseconds; and never longer than max_queue_delay after the oldest queued request arrived. So a lone
+    request runs immediately, and under load batches form by themselves from what arrived while every
+    instance was busy: max_queue_delay is an upper bound on waiting for company, not a fixed cost.
+
+    Instances share one model object: TorchScript and torch.export modules are safe to call from several
+    threads (inference only, no state is written), and one copy of the weights stays in memory. TorchScript
+    runs its graph without the GIL, so N instances use up to N x --torch-threads cores; a torch.export
+    module steps through its graph in Python, so its instances overlap less.
+    """
+
+    def __init__(self, name: str, model, max_batch_size: int, max_delay_s: float, metrics: Metrics,
+                 instances: int = 1) -> None:
+        if instances < 1:
+            raise ValueError(f"model {name}: instances must be at least 1, got {instances}")
         self.name, self.model, self.max_rows, self.max_delay = name, model, max_batch_size, max_delay_s
-        self.metrics = metrics
-        self._queue: list[_Pending] = []
-        self._cv = threading.Condition()
+        self.instances = instances
+        self._queue_gauge = metrics.queue.labels(name)
+        self._batch_hist = metrics.batch.labels(name)
+        self._queue: deque[_Pending] = deque()
+        self._rows = 0  # rows in self._queue, kept so the hot path never sums the queue
+        self._arriving = 0  # reserve()d requests not yet submitted or cancelled
+        self._cv = threading.Condition(threading.Lock())
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"model-{name}-{i}", daemon=True)
+                         for i in range(instances)]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, inputs: list[np.ndarray], rows: int, timeout: float | None) -> list[np.ndarray]:
+    def reserve(self) -> None:
+        """Announces a request that will `submit()` (or `cancel()`) shortly; see the class docstring.
+
+        A reserved request is always accepted, even once close() began: close() waits for it. That is what
+        lets a hot reload retire this version while requests that already picked it are still decoding."""
+        with self._cv:
+            self._arriving += 1
+
+    def cancel(self) -> None:
+        """A reserved request will not be submitted after all (its input was refused)."""
+        with self._cv:
+            self._arriving -= 1
+            self._cv.notify_all()  # a waiting instance may now have everything in flight queued
+
+    def submit(self, inputs: list[np.ndarray], rows: int, timeout: float | None, *,
+               reserved: bool = False) -> list[np.ndarray]:
         item = _Pending(inputs, rows)
         with self._cv:
-            if self._closed:
+            if reserved:
+                self._arriving -= 1
+            elif self._closed:
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name} is unloading; retry")
             self._queue.append(item)
-            self.metrics.queue.labels(self.name).set(len(self._queue))
+            self._rows += rows
+            self._queue_gauge.set(len(self._queue))
             self._cv.notify()
-        if not item.done.wait(timeout):
-            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for the model")
+        if not item.done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            with self._cv:
+                if item.done.acquire(blocking=False):  # finished just now after all
+                    pass
+                else:
+                    try:
+                        self._queue.remove(item)  # still queued: never run it
+                        self._rows -= item.rows
+                        self._queue_gauge.set(len(self._queue))
+                    except ValueError:
+                        pass  # already running: its result is dropped
+                    raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       "deadline passed while waiting for the model")
         if item.error is not None:
             raise item.error
         return item.outputs
 
     def close(self) -> None:
+        """Stops the instances once the queue is empty and no reserved request is left to arrive."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _ready(self) -> bool:
+        """Whether an idle instance should take a batch now rather than wait for more requests."""
+        return (self._rows >= self.max_rows or self._arriving <= 0 or self._closed
+                or 2 * self._queue[0].rows >= self.max_rows)  # a large request gains little from company
 
     def _take_batch(self) -> list[_Pending]:
         with self._cv:
-            while not self._queue and not self._closed:
-                self._cv.wait()
-            if not self._queue:
-                return []
-            deadline = time.monotonic() + self.max_delay
-            while sum(p.rows for p in self._queue) < self.max_rows and not self._closed:
-                left = deadline - time.monotonic()
+            while True:
+                if not self._queue:
+                    if self._closed and self._arriving <= 0:
+                        return []
+                    self._cv.wait()
+                    continue
+                if self._ready():
+                    break
+                left = self._queue[0].enqueued + self.max_delay - time.monotonic()
                 if left <= 0:
                     break
                 self._cv.wait(left)
-            batch, rows = [], 0
-            while self._queue and (not batch or rows + self._queue[0].rows <= self.max_rows):
-                item = self._queue.pop(0)
+            queue = self._queue
+            item = queue.popleft()
+            batch, rows = [item], item.rows
+            while queue and rows + queue[0].rows <= self.max_rows:
+                item = queue.popleft()
                 batch.append(item)
                 rows += item.rows
-            self.metrics.queue.labels(self.name).set(len(self._queue))
+            self._rows -= rows
+            if queue:
+                self._cv.notify()  # more than one batch queued: another idle instance takes the rest
+            self._queue_gauge.set(len(queue))
             return batch
+
+    def _run(self, batch: list[_Pending]) -> None:
+        if len(batch) == 1:
+            # Inputs decoded straight from the request's bytes are read-only views; the model gets its own
+            # writable copy, so a model that writes into its inputs can never touch the request's memory.
+            joined = [a if a.flags.writeable else a.copy() for a in batch[0].inputs]
+        else:
+            joined = [np.concatenate([p.inputs[i] for p in batch]) for i in range(len(batch[0].inputs))]
+        with torch.inference_mode():
+            out = self.model(*[torch.from_numpy(a) for a in joined])
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        arrays = [t.detach().cpu().numpy() for t in out]
+        self._batch_hist.observe(sum(p.rows for p in batch))
+        if len(batch) == 1:
+            batch[0].outputs = arrays
+            return
+        start = 0
+        for item in batch:
+            end = start + item.rows
+            item.outputs = [a[start:end] for a in arrays]
+            start = end
 
     def _loop(self) -> None:
         while True:
@@ -153,29 +253,49 @@ class DynamicBatcher:
             if not batch:
                 return
             try:
-                joined = [np.concatenate([p.inputs[i] for p in batch]) if len(batch) > 1 else batch[0].inputs[i]
-                          for i in range(len(batch[0].inputs))]
-                with torch.inference_mode():
-                    out = self.model(*(torch.from_numpy(a) for a in joined))
-                out = out if isinstance(out, (tuple, list)) else (out,)
-                arrays = [t.detach().cpu().numpy() for t in out]
-                self.metrics.batch.labels(self.name).observe(sum(p.rows for p in batch))
-                start = 0
-                for item in batch:
-                    item.outputs = [a[start:start + item.rows] for a in arrays]
-                    start += item.rows
+                self._run(batch)
             except Exception as exc:  # noqa: BLE001 - a failing batch fails its requests, never the server
                 for item in batch:
                     item.error = RequestError(grpc.StatusCode.INTERNAL, f"model {self.name} failed: {exc}")
             for item in batch:
-                item.done.set()
+                item.done.release()
 
 
-@dataclass
+@dataclass(frozen=True)
+class _InputSpec:
+    """One input of a model's signature, resolved once at load so decoding a request does no lookups."""
+
+    name: str
+    datatype: str  # Open Inference Protocol name, e.g. FP32
+    dtype: np.dtype  # little-endian, as the wire carries it
+    shape: tuple[int, ...]  # -1: any size
+    fixed: tuple[tuple[int, int], ...]  # (axis, size) for every axis that is not -1
+    contents_field: str  # InferTensorContents field for clients that send typed values
+
+
+def _input_spec(t: dict) -> _InputSpec:
+    datatype = TORCH_TO_OIP.get(t["dtype"], t["dtype"].upper())
+    if datatype not in DTYPES:
+        raise bundles.BundleError(f"input {t['name']}: dtype {t['dtype']} cannot be served over the Open "
+                                  f"Inference Protocol; use one of {', '.join(TORCH_TO_OIP)}")
+    shape = tuple(int(d) for d in t["shape"])
+    return _InputSpec(t["name"], datatype, DTYPES[datatype].newbyteorder("<"), shape,
+                      tuple((i, d) for i, d in enumerate(shape) if d != -1),
+                      CONTENTS_FIELD.get(datatype, "bytes_contents"))
+
+
 class LoadedModel:
-    bundle: bundles.Bundle
-    module: Any
-    batcher: DynamicBatcher
+    """A served model version: bundle, model, batcher, and what every request needs precomputed."""
+
+    def __init__(self, bundle: bundles.Bundle, module: Any, batcher: DynamicBatcher, metrics: Metrics) -> None:
+        self.bundle, self.module, self.batcher = bundle, module, batcher
+        self.input_specs = tuple(_input_spec(t) for t in self.inputs)
+        self.input_names = [t.name for t in self.input_specs]
+        self.input_index = {t.name: i for i, t in enumerate(self.input_specs)}
+        self.output_names = [t["name"] for t in self.outputs]
+        self.latency = metrics.latency.labels(bundle.name)
+        self._requests = metrics.requests
+        self._counters: dict[str, Any] = {}  # status code -> Counter child (a handful at most)
 
     @property
     def inputs(self) -> list[dict]:
@@ -184,6 +304,13 @@ class LoadedModel:
     @property
     def outputs(self) -> list[dict]:
         return self.bundle.signature["outputs"]
+
+    def count(self, code: grpc.StatusCode) -> None:
+        counter = self._counters.get(code.name)
+        if counter is None:
+            counter = self._counters[code.name] = self._requests.labels(self.bundle.name, self.bundle.version,
+                                                                          code.name)
+        counter.inc()
 
 
 def _version_key(version: str) -> tuple:
@@ -194,9 +321,12 @@ class ModelRepository:
     """Loaded models by name and version; loading verifies hashes and replays the golden batch first."""
 
     def __init__(self, metrics: Metrics, *, keep_versions: int = 0, max_delay_override_us: int | None = None,
-                 max_batch_override: int | None = None) -> None:
+                 max_batch_override: int | None = None, instances: int = 1) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1 (model threads per version), got {instances}")
         self.metrics = metrics
         self.keep_versions = keep_versions
+        self.instances = instances
         self.max_delay_override_us, self.max_batch_override = max_delay_override_us, max_batch_override
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._lock = threading.Lock()
@@ -209,7 +339,13 @@ class ModelRepository:
         serving = b.manifest.get("serving", {})
         max_rows = self.max_batch_override or int(serving.get("max_batch_size", 256))
         delay_us = self.max_delay_override_us if self.max_delay_override_us is not None else int(serving.get("max_queue_delay_us", 2000))
-        loaded = LoadedModel(b, module, DynamicBatcher(f"{b.name}/{b.version}", module, max_rows, delay_us / 1e6, self.metrics))
+        batcher = DynamicBatcher(f"{b.name}/{b.version}", module, max_rows, delay_us / 1e6, self.metrics,
+                                 self.instances)
+        try:
+            loaded = LoadedModel(b, module, batcher, self.metrics)
+        except Exception:
+            batcher.close()
+            raise
         retired = []
         with self._lock:
             versions = self._models.setdefault(b.name, {})
@@ -234,16 +370,29 @@ class ModelRepository:
 
     def get(self, name: str, version: str = "") -> LoadedModel:
         with self._lock:
-            versions = self._models.get(name)
-            if not versions:
-                known = ", ".join(sorted(self._models)) or "none"
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; loaded models: {known}")
-            if not version:
-                return versions[max(versions, key=_version_key)]
-            if version not in versions:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version!r}; loaded "
-                                                              f"versions: {', '.join(sorted(versions, key=_version_key))}")
-            return versions[version]
+            return self._get(name, version)
+
+    def _get(self, name: str, version: str) -> LoadedModel:
+        """The model for name/version (newest when version is empty); the caller holds self._lock."""
+        versions = self._models.get(name)
+        if not versions:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; loaded models: {known}")
+        if not version:
+            return versions[max(versions, key=_version_key)]
+        if version not in versions:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version!r}; loaded "
+                                                          f"versions: {', '.join(sorted(versions, key=_version_key))}")
+        return versions[version]
+
+    def acquire(self, name: str, version: str = "") -> LoadedModel:
+        """get() for a request that will submit to the model's batcher: reserves its place there (see
+        DynamicBatcher.reserve) under the same lock a reload swaps versions under, so a version retired
+        right after this returns still runs the request. Follow with submit(..., reserved=True) or cancel()."""
+        with self._lock:
+            model = self._get(name, version)
+            model.batcher.reserve()
+            return model
 
     def versions(self, name: str) -> list[str]:
         with self._lock:
@@ -279,57 +428,90 @@ class ModelRepository:
             model.batcher.close()
 
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_OIP_OF_DTYPE = {dtype: name for name, dtype in DTYPES.items()}
+
+
 def _decode_inputs(request: pb.ModelInferRequest, model: LoadedModel, max_rows: int) -> tuple[list[np.ndarray], int]:
-    expected = {t["name"]: t for t in model.inputs}
-    given = [t.name for t in request.inputs]
-    missing = [n for n in expected if n not in given]
-    unknown = [n for n in given if n not in expected]
-    if missing or unknown or len(set(given)) != len(given):
+    """The request's tensors as arrays in signature order, and its row count; RequestError names what is wrong.
+
+    Raw contents become read-only views of the request's bytes (no copy here): the batcher copies them once,
+    into the batch it hands the model, so the request's memory is never written."""
+    tensors = request.inputs
+    names = [t.name for t in tensors]
+    order = None  # positions in the request of the signature's inputs, when the client used another order
+    if names != model.input_names:
+        expected = model.input_names
+        missing = [n for n in expected if n not in names]
+        unknown = [n for n in names if n not in model.input_index]
+        duplicated = len(set(names)) != len(names)
+        if missing or unknown or duplicated:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"model {model.bundle.name} takes inputs {expected}; missing {missing}, unknown "
+                               f"{unknown}" + (", duplicated names" if duplicated else ""))
+        order = [names.index(n) for n in expected]
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(tensors):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"model {model.bundle.name} takes inputs {list(expected)}; missing {missing}, unknown "
-                           f"{unknown}" + (", duplicated names" if len(set(given)) != len(given) else ""))
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send one per input")
-    arrays: dict[str, np.ndarray] = {}
+                           f"{len(raw)} raw_input_contents for {len(tensors)} inputs: send one per input")
+    arrays: list[np.ndarray] = []
     rows = None
-    for i, tensor in enumerate(request.inputs):
-        spec = expected[tensor.name]
-        want_type = TORCH_TO_OIP.get(spec["dtype"], spec["dtype"].upper())
-        if tensor.datatype != want_type:
+    for spec, i in zip(model.input_specs, order or range(len(tensors))):
+        tensor = tensors[i]
+        if tensor.datatype != spec.datatype:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {tensor.name}: datatype {tensor.datatype}, the model expects {want_type}")
-        shape = list(tensor.shape)
-        want_shape = spec["shape"]
-        if len(shape) != len(want_shape) or any(w != -1 and s != w for s, w in zip(shape, want_shape)) or \
-                any(s < 0 for s in shape):
+                               f"input {spec.name}: datatype {tensor.datatype}, the model expects {spec.datatype}")
+        shape = tuple(tensor.shape)
+        if len(shape) != len(spec.shape) or any(shape[axis] != size for axis, size in spec.fixed) or \
+                (shape and min(shape) < 0):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {tensor.name}: shape {shape}, the model expects {want_shape} (-1 = any)")
-        dtype = DTYPES[want_type]
-        count = int(np.prod(shape))
+                               f"input {spec.name}: shape {list(shape)}, the model expects {list(spec.shape)} "
+                               f"(-1 = any)")
+        count = math.prod(shape)
         if raw:
-            if len(raw[i]) != count * dtype.itemsize:
+            data = raw[i]
+            if len(data) != count * spec.dtype.itemsize:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input {tensor.name}: {len(raw[i])} bytes of raw contents, shape {shape} of "
-                                   f"{want_type} needs {count * dtype.itemsize}")
-            array = np.frombuffer(raw[i], dtype=dtype.newbyteorder("<")).astype(dtype, copy=True).reshape(shape)
+                                   f"input {spec.name}: {len(data)} bytes of raw contents, shape {list(shape)} of "
+                                   f"{spec.datatype} needs {count * spec.dtype.itemsize}")
+            array = np.frombuffer(data, dtype=spec.dtype).reshape(shape)
         else:
-            values = getattr(tensor.contents, CONTENTS_FIELD.get(want_type, "bytes_contents"))
+            values = getattr(tensor.contents, spec.contents_field)
             if len(values) != count:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input {tensor.name}: {len(values)} values in contents, shape {shape} needs {count}")
-            array = np.asarray(values, dtype=dtype).reshape(shape)
+                                   f"input {spec.name}: {len(values)} values in contents, shape {list(shape)} "
+                                   f"needs {count}")
+            array = np.asarray(values, dtype=spec.dtype).reshape(shape)
         if rows is None:
-            rows = shape[0]
-        elif shape[0] != rows:
+            rows = shape[0] if shape else 0
+        elif not shape or shape[0] != rows:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {tensor.name} has {shape[0]} rows, other inputs {rows}: one batch size per request")
-        arrays[tensor.name] = array
-    if rows == 0 or rows > max_rows:
+                               f"input {spec.name} has {shape[0] if shape else 0} rows, other inputs {rows}: one "
+                               f"batch size per request")
+        arrays.append(array)
+    if not rows or rows > max_rows:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"batch of {rows} rows; model {model.bundle.name} accepts 1..{max_rows} per request")
-    return [arrays[t["name"]] for t in model.inputs], rows
+    return arrays, rows
+
+
+def _encode_outputs(request: pb.ModelInferRequest, model: LoadedModel, outputs: list[np.ndarray]
+                    ) -> pb.ModelInferResponse:
+    wanted = [o.name for o in request.outputs]
+    tensors, contents = [], []
+    for name, array in zip(model.output_names, outputs):
+        if wanted and name not in wanted:
+            continue
+        datatype = _OIP_OF_DTYPE.get(array.dtype.newbyteorder("="))
+        if datatype is None:
+            raise RequestError(grpc.StatusCode.INTERNAL, f"model {model.bundle.name} returned output {name} as "
+                                                         f"{array.dtype}, which the protocol cannot carry")
+        if not _LITTLE_ENDIAN:
+            array = array.astype(array.dtype.newbyteorder("<"))
+        tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape))
+        contents.append(array.tobytes())  # row-major whatever the array's layout
+    return pb.ModelInferResponse(model_name=model.bundle.name, model_version=model.bundle.version, id=request.id,
+                                 outputs=tensors, raw_output_contents=contents)
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -389,34 +571,38 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelInfer(self, request, context):
         start = time.perf_counter()
-        name, version, code = request.model_name, request.model_version or "", grpc.StatusCode.OK
+        model, reserved, code = None, False, grpc.StatusCode.OK
         try:
             if self.draining.is_set():
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is draining (shutting down); retry elsewhere")
-            model = self.repository.get(name, version)
-            version = model.bundle.version
+            model = self.repository.acquire(request.model_name, request.model_version)
+            reserved = True
             inputs, rows = _decode_inputs(request, model, model.batcher.max_rows)
-            wanted = [o.name for o in request.outputs] or [t["name"] for t in model.outputs]
-            known = [t["name"] for t in model.outputs]
-            unknown = [o for o in wanted if o not in known]
-            if unknown:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown outputs {unknown}; model has {known}")
+            if request.outputs:
+                unknown = [o.name for o in request.outputs if o.name not in model.output_names]
+                if unknown:
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"unknown outputs {unknown}; model has {model.output_names}")
             remaining = context.time_remaining()  # huge (not None) when the client set no deadline
-            outputs = model.batcher.submit(inputs, rows, min(remaining if remaining is not None else 300.0, 300.0))
-            response = pb.ModelInferResponse(model_name=model.bundle.name, model_version=version, id=request.id)
-            for spec, array in zip(model.outputs, outputs):
-                if spec["name"] not in wanted:
-                    continue
-                array = np.ascontiguousarray(array)
-                response.outputs.add(name=spec["name"], datatype=TORCH_TO_OIP[str(array.dtype)], shape=list(array.shape))
-                response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-            return response
+            reserved = False  # submit() takes the reservation over, whatever happens in it
+            outputs = model.batcher.submit(inputs, rows, min(remaining if remaining is not None else 300.0, 300.0),
+                                           reserved=True)
+            return _encode_outputs(request, model, outputs)
         except RequestError as exc:
             code = exc.code
             context.abort(exc.code, str(exc))
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN  # a bug of ours: counted, and gRPC reports it to the client
+            raise
         finally:
-            self.metrics.requests.labels(name, version or "latest", code.name).inc()
-            self.metrics.latency.labels(name).observe(time.perf_counter() - start)
+            if reserved:
+                model.batcher.cancel()
+            if model is not None:
+                model.count(code)
+                model.latency.observe(time.perf_counter() - start)
+            else:
+                self.metrics.requests.labels(request.model_name, request.model_version or "latest", code.name).inc()
+                self.metrics.latency.labels(request.model_name).observe(time.perf_counter() - start)
 
 
 @dataclass
@@ -441,10 +627,13 @@ class InferenceServer:
 def start(*, bundles_to_load: list[Path] = (), repository_dir: Path | None = None, host: str = "127.0.0.1",
           port: int = 0, metrics_port: int | None = 0, workers: int = 16, max_message_bytes: int = 64 << 20,
           tls_cert: Path | None = None, tls_key: Path | None = None, keep_versions: int = 0,
-          max_queue_delay_us: int | None = None, max_batch_size: int | None = None) -> InferenceServer:
+          max_queue_delay_us: int | None = None, max_batch_size: int | None = None,
+          instances: int = 1) -> InferenceServer:
+    """Loads the models and starts serving. `instances`: model threads per model version (see DynamicBatcher);
+    torch's intra-op thread count is process-wide and left to the caller (main() sets it)."""
     metrics = Metrics()
     repository = ModelRepository(metrics, keep_versions=keep_versions, max_delay_override_us=max_queue_delay_us,
-                                 max_batch_override=max_batch_size)
+                                 max_batch_override=max_batch_size, instances=instances)
     for path in bundles_to_load:
         repository.load(Path(path))  # a bad bundle given explicitly is fatal: say so before serving
     if repository_dir is not None:
@@ -471,6 +660,23 @@ def start(*, bundles_to_load: list[Path] = (), repository_dir: Path | None = Non
     return InferenceServer(servicer, server, bound, metrics_port, repository, http)
 
 
+DEFAULT_INSTANCES = 1
+
+
+def default_torch_threads(instances: int) -> int:
+    """Intra-op threads per instance: $OMP_NUM_THREADS when the operator set it (torch itself honours it),
+    else this process's usable cores shared among the instances, so that busy instances do not oversubscribe
+    the cores (each instance's torch ops run on their own team of threads)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // instances)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", action="append", default=[], type=Path, help="a bundle folder to serve (repeatable)")
@@ -481,7 +687,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     parser.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest request accepted")
     parser.add_argument("--max-batch-size", type=int, help="override the bundles' max batch size")
-    parser.add_argument("--max-queue-delay-us", type=int, help="override the bundles' max queue delay")
+    parser.add_argument("--max-queue-delay-us", type=int,
+                        help="override the bundles' max queue delay: the longest a queued request waits for requests "
+                             "still being decoded to join its batch (a lone request never waits)")
+    parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES,
+                        help=f"model threads per model version, taking batches from one queue (default "
+                             f"{DEFAULT_INSTANCES}): while one runs a batch the next batch forms and starts on another")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch intra-op threads per instance (default: $OMP_NUM_THREADS if set, else the "
+                             "usable cores divided by --instances, at least 1)")
     parser.add_argument("--keep-versions", type=int, default=0, help="versions kept per model (0: all)")
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="repository rescan interval")
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="grace for in-flight requests at shutdown")
@@ -493,18 +707,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one --bundle or a --repository")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if args.instances < 1:
+        parser.error(f"--instances {args.instances}: give at least 1 model thread per model version")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        parser.error(f"--torch-threads {args.torch_threads}: give at least 1 thread, or leave it out for the default")
+    torch_threads = args.torch_threads or default_torch_threads(args.instances)
+    torch.set_num_threads(torch_threads)
     try:
         server = start(bundles_to_load=args.bundle, repository_dir=args.repository, host=args.host, port=args.port,
                        metrics_port=None if args.metrics_port < 0 else args.metrics_port, workers=args.workers,
                        max_message_bytes=args.max_message_bytes, tls_cert=args.tls_cert, tls_key=args.tls_key,
                        keep_versions=args.keep_versions, max_queue_delay_us=args.max_queue_delay_us,
-                       max_batch_size=args.max_batch_size)
+                       max_batch_size=args.max_batch_size, instances=args.instances)
     except (bundles.BundleError, OSError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
     models = ", ".join(f"{n} (versions {', '.join(server.repository.versions(n))})" for n in server.repository.names())
     print(f"serving {models} on {args.host}:{server.port} (gRPC, Open Inference Protocol"
-          f"{', TLS' if args.tls_cert else ''}); metrics on http://{args.host}:{server.metrics_port}/metrics",
+          f"{', TLS' if args.tls_cert else ''}); metrics on http://{args.host}:{server.metrics_port}/metrics; "
+          f"{args.instances} instance(s) per model x {torch_threads} torch thread(s)",
           file=sys.stderr, flush=True)
 
     stop = threading.Event()

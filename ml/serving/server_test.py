@@ -240,7 +240,7 @@ def _free_port():
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
-    path = make_bundle(tmp_path, name="tiny", max_queue_delay_us=800_000)  # requests wait ~0.8 s for company
+    path = make_bundle(tmp_path, name="tiny", work=300)  # each batch computes for ~0.3 s: in flight at SIGTERM
     port = _free_port()
     proc = _serve_cli("--bundle", str(path), "--port", str(port), "--metrics-port", "-1", "--drain-seconds", "10")
     try:
@@ -294,3 +294,129 @@ def test_cli_refuses_bad_usage(tmp_path):
     assert proc.wait(60) == 2 and "give at least one --bundle or a --repository" in proc.stderr.read()
     proc = _serve_cli("--bundle", str(tmp_path), "--port", "0", "--metrics-port", "-1")
     assert proc.wait(60) == 1 and "is not a bundle: no bundle.json" in proc.stderr.read()
+
+
+# ------------------------------------------------------------------ the batcher on its own, with a Python model
+
+class SleepyModel:
+    """Doubles its input after `seconds` of sleep (the GIL is free meanwhile); records every call."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls, self.lock = seconds, [], threading.Lock()
+
+    def __call__(self, x):
+        with self.lock:
+            self.calls.append((threading.current_thread().name, x.shape[0]))
+        time.sleep(self.seconds)
+        return x * 2
+
+
+def _batcher(model, *, max_rows=64, delay_s=0.5, instances=1):
+    return server.DynamicBatcher("m/1", model, max_rows, delay_s, server.Metrics(), instances)
+
+
+def test_a_lone_request_runs_at_once_not_after_max_queue_delay():
+    batcher = _batcher(SleepyModel(0.0), delay_s=0.5)
+    try:
+        for _ in range(3):
+            start = time.perf_counter()
+            out = batcher.submit([np.arange(3, dtype=np.float32)], 3, 10)
+            assert time.perf_counter() - start < 0.2, "a lone request waited for company that could not come"
+            np.testing.assert_array_equal(out[0], [0, 2, 4])
+    finally:
+        batcher.close()
+
+
+def test_requests_that_queue_while_the_model_is_busy_run_as_one_batch_with_their_own_rows():
+    model = SleepyModel(0.3)
+    batcher = _batcher(model, delay_s=0.5)
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            first = pool.submit(batcher.submit, [np.full(1, 100.0)], 1, 10)
+            time.sleep(0.1)  # the first batch is running; these four queue up behind it
+            rest = [pool.submit(batcher.submit, [np.arange(n, dtype=np.float64) + 10 * n], n, 10) for n in (1, 2, 3, 4)]
+            np.testing.assert_array_equal(first.result()[0], [200.0])
+            for n, future in zip((1, 2, 3, 4), rest):
+                np.testing.assert_array_equal(future.result()[0], (np.arange(n) + 10 * n) * 2)
+        assert [rows for _, rows in model.calls] == [1, 10]
+    finally:
+        batcher.close()
+
+
+def test_instances_run_batches_side_by_side():
+    model = SleepyModel(0.3)
+    batcher = _batcher(model, instances=2)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            start = time.perf_counter()
+            first = pool.submit(batcher.submit, [np.ones(1)], 1, 10)
+            time.sleep(0.05)
+            second = pool.submit(batcher.submit, [np.ones(1)], 1, 10)
+            first.result(), second.result()
+            elapsed = time.perf_counter() - start
+        assert len({thread for thread, _ in model.calls}) == 2, model.calls
+        assert elapsed < 0.55, f"two 0.3 s batches on two instances took {elapsed:.2f} s: they did not overlap"
+    finally:
+        batcher.close()
+    with pytest.raises(ValueError, match="instances must be at least 1"):
+        _batcher(model, instances=0)
+
+
+def test_the_model_gets_its_own_copy_of_read_only_request_memory():
+    def in_place(x):
+        x += 1  # a model that writes into its input
+        return x
+
+    batcher = _batcher(in_place)
+    try:
+        payload = np.arange(4, dtype=np.int64).tobytes()
+        view = np.frombuffer(payload, dtype=np.int64)  # what the server decodes a request into
+        np.testing.assert_array_equal(batcher.submit([view], 4, 10)[0], [1, 2, 3, 4])
+        assert payload == np.arange(4, dtype=np.int64).tobytes()
+    finally:
+        batcher.close()
+
+
+def test_a_reserved_request_still_runs_when_its_version_is_retired_meanwhile():
+    batcher = _batcher(SleepyModel(0.0))
+    batcher.reserve()  # what ModelRepository.acquire does, under the lock a reload swaps versions under
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.1)
+    assert closer.is_alive(), "close() returned while a reserved request had yet to arrive"
+    np.testing.assert_array_equal(batcher.submit([np.ones(2)], 2, 10, reserved=True)[0], [2, 2])
+    closer.join(5)
+    assert not closer.is_alive()
+    with pytest.raises(server.RequestError, match="is unloading"):
+        batcher.submit([np.ones(2)], 2, 10)
+
+
+def test_served_lone_request_does_not_wait_and_concurrent_ones_batch(tmp_path):
+    path = make_bundle(tmp_path, name="tiny", max_queue_delay_us=500_000, work=40)  # ~40 ms per batch
+    srv = server.start(bundles_to_load=[path], port=0, metrics_port=0)
+    try:
+        ids, dense = rows(2)
+        clients = [triton.InferenceServerClient(f"127.0.0.1:{srv.port}") for _ in range(6)]
+        clients[0].infer("tiny", inputs_for(ids, dense))  # warm-up
+        model_time = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            clients[0].infer("tiny", inputs_for(ids, dense))
+            model_time = min(model_time, time.perf_counter() - start)
+        assert model_time < 0.5, f"a lone request took {model_time:.2f} s: it waited max_queue_delay (0.5 s)"
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda c: c.infer("tiny", inputs_for(ids, dense)).as_numpy("score"), clients))
+        for r in results:
+            np.testing.assert_allclose(r, expected(ids, dense)[0], atol=1e-6)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics").read().decode()
+
+        def sample(prefix):
+            return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(prefix)))
+
+        batches = sample('mlenv_batch_size_rows_count{model="tiny/1"}')
+        of_one_request = sample('mlenv_batch_size_rows_bucket{le="2.0",model="tiny/1"}')
+        assert batches - of_one_request >= 1, "6 concurrent requests behind a slow model never ran as one batch"
+        for c in clients:
+            c.close()
+    finally:
+        srv.stop(1)

@@ -26,16 +26,35 @@ class TinyRanker(torch.nn.Module):
         return score, torch.sigmoid(score)
 
 
+class SlowRanker(TinyRanker):
+    """TinyRanker's outputs, computed slowly: `work` 256x256 matrix products (~1 ms each) whose result is added times 0.
+    For tests that need requests still running (or queued behind a running batch) when something happens."""
+
+    def __init__(self, bias: float = 0.0, work: int = 20) -> None:
+        super().__init__(bias)
+        self.register_buffer("m", torch.full((256, 256), 1 / 256))  # m @ m == m: stays finite however long
+        self.work = work
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor):
+        x = self.m
+        for _ in range(self.work):
+            x = x @ self.m
+        zero = x[0, 0] * 0
+        score, prob = super().forward(ids, dense)
+        return score + zero, prob + zero
+
+
 def example_inputs(rows: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     return torch.randint(0, 50, (rows, 4), generator=gen), torch.randn(rows, 3, generator=gen)
 
 
 def make_bundle(root: Path, *, name: str = "tiny", version: str = "1", bias: float = 0.0,
-                max_batch_size: int = 64, max_queue_delay_us: int = 2000) -> Path:
+                max_batch_size: int = 64, max_queue_delay_us: int = 2000, work: int = 0) -> Path:
+    """A bundle of TinyRanker (SlowRanker when `work` > 0) under root/name/version."""
     export = root / f"export-{name}-{version}"
-    export_model(TinyRanker(bias), example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"],
-                 folder=export)
+    model = SlowRanker(bias, work) if work else TinyRanker(bias)
+    export_model(model, example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"], folder=export)
     return bundle.write_bundle(export, root / name / version, name=name, version=version, label="//test:tiny",
                                lock_digest="sha256:test", git_commit="test", max_batch_size=max_batch_size,
                                max_queue_delay_us=max_queue_delay_us)

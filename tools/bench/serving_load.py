@@ -387,7 +387,8 @@ def start_ours(args, workdir: Path) -> tuple[subprocess.Popen, int, Path]:
     env = thread_env(args.torch_threads)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     cmd = [sys.executable, "-S", "-m", "ml.serving.server", "--bundle", str(args.bundle), "--host", HOST,
-           "--port", "0", "--metrics-port", "-1", "--workers", str(args.server_threads), "--drain-seconds", "2"]
+           "--port", "0", "--metrics-port", "-1", "--workers", str(args.server_threads), "--drain-seconds", "2",
+           "--instances", str(args.instances), "--torch-threads", str(args.torch_threads)]
     if args.max_queue_delay_us is not None:
         cmd += ["--max-queue-delay-us", str(args.max_queue_delay_us)]
     with log.open("w") as out:
@@ -533,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op threads for every system (servers and in-process); default 1")
     parser.add_argument("--server-threads", type=int, default=16,
                         help="gRPC handler threads: our --workers and kserve's --max_threads (default 16)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="our server's --instances: model threads, each with --torch-threads intra-op threads "
+                             "(default 1: the same torch threads as kserve's one model)")
     parser.add_argument("--max-queue-delay-us", type=int, default=None,
                         help="passed to our server (default: the bundle's max_queue_delay_us)")
     parser.add_argument("--kserve-venv", type=Path, default=KSERVE_VENV, help=f"kserve virtualenv (default {KSERVE_VENV})")
@@ -654,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- torch {torch.__version__}: torch.set_num_threads({args.torch_threads}) in every system "
           f"(servers via OMP_NUM_THREADS/MKL_NUM_THREADS={args.torch_threads}); gRPC handler threads "
           f"{args.server_threads} (ours --workers, kserve --max_threads)")
-    print(f"- (a) ours: dynamic batching, max_batch_size {serving.get('max_batch_size')}, max_queue_delay_us {delay}; "
+    print(f"- (a) ours: dynamic batching, max_batch_size {serving.get('max_batch_size')}, max_queue_delay_us {delay} "
+          f"(an upper bound: idle instances take what is queued at once), {args.instances} model instance(s); "
           f"golden check max |diff| {notes['ours_golden']}")
     if "kserve_version" in notes:
         print(f"- (b) kserve {notes['kserve_version']} in its own venv ({args.kserve_venv}: {args.kserve_spec}, "
