@@ -14,7 +14,10 @@ allow_pickle=False.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,45 @@ def load_golden(folder: Path, signature: dict | None = None) -> tuple[tuple[torc
     return inputs, outputs
 
 
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez without the wall-clock timestamps zipfile would stamp on each member: same arrays, same bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
+
+
+def canonicalize_torchscript(path: Path) -> None:
+    """Makes a TorchScript archive a function of the model alone, so the same weights give the same bytes.
+
+    torch.jit.save writes a random `.data/serialization_id` per process and `*.debug_pkl` source maps that
+    embed the absolute path of the model's source file (a Bazel sandbox path differs on every build). The
+    id is replaced by a digest of the other members; the source maps are dropped (torch.jit.load does not
+    need them: errors inside the model then point at the TorchScript code instead of the Python source).
+    """
+    with zipfile.ZipFile(path) as zf:
+        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    kept = [(name, data) for name, data in members if not name.endswith(".debug_pkl")]
+    digest = hashlib.sha256()
+    for name, data in kept:
+        if not name.endswith("/.data/serialization_id"):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
+        for name, data in kept:
+            if name.endswith("/.data/serialization_id"):
+                data = str(int.from_bytes(digest.digest()[:8], "big")).encode()
+            info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            out.writestr(info, data)
+    os.replace(tmp, path)
+
+
 def export_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *, input_names: list[str],
                  output_names: list[str], folder: Path, fmt: str = "torchscript", atol: float = 1e-5) -> ExportResult:
     if fmt not in ARTIFACTS:
@@ -91,6 +133,7 @@ def export_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
             with torch.no_grad():
                 traced = torch.jit.trace(model, example_inputs, check_trace=False)
             traced.save(str(artifact))
+            canonicalize_torchscript(artifact)
         else:
             dim = torch.export.Dim("batch", min=1, max=1 << 20)
             shapes = tuple({0: dim} for _ in example_inputs)
@@ -105,9 +148,9 @@ def export_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
         "outputs": [_spec(n, t) for n, t in zip(output_names, expected)],
     }
     (folder / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
-    np.savez(folder / "golden.npz",
-             **{"input." + n: t.numpy() for n, t in zip(input_names, example_inputs)},
-             **{"output." + n: t.numpy() for n, t in zip(output_names, expected)})
+    write_npz(folder / "golden.npz",
+              {**{"input." + n: t.numpy() for n, t in zip(input_names, example_inputs)},
+               **{"output." + n: t.numpy() for n, t in zip(output_names, expected)}})
 
     # Load what we wrote, as a server would, and compare on the golden batch and on a smaller one.
     loaded = load_exported(folder)

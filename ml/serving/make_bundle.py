@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--label", default="unknown")
     parser.add_argument("--lock-digest-file", type=Path)
-    parser.add_argument("--stable-status", type=Path, help="Bazel's stable-status.txt (STABLE_GIT_COMMIT)")
+    parser.add_argument("--status-file", type=Path,
+                        help="Bazel's volatile-status.txt (GIT_COMMIT) or stable-status.txt (STABLE_GIT_COMMIT)")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
     args = parser.parse_args(argv)
     lock = args.lock_digest_file.read_text().strip() if args.lock_digest_file else "unknown"
-    commit = _status(args.stable_status).get("STABLE_GIT_COMMIT", "unknown")
+    status = _status(args.status_file)
+    commit = status.get("GIT_COMMIT") or status.get("STABLE_GIT_COMMIT", "unknown")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.mlflow_run:

@@ -52,7 +52,7 @@ def _bundle_impl(ctx):
         fail("ml_model_bundle(%s): max_batch_size must be >= 1, got %d" % (ctx.label, ctx.attr.max_batch_size))
     out = ctx.actions.declare_directory(ctx.label.name)
     args = ctx.actions.args()
-    inputs = [ctx.file._lock_digest, ctx.info_file]
+    inputs = [ctx.file._lock_digest, ctx.version_file]
     if ctx.attr.export:
         args.add("--export-dir", ctx.file.export.path)
         inputs.append(ctx.file.export)
@@ -64,7 +64,8 @@ def _bundle_impl(ctx):
     args.add("--version", ctx.attr.version)
     args.add("--label", str(ctx.label))
     args.add("--lock-digest-file", ctx.file._lock_digest.path)
-    args.add("--stable-status", ctx.info_file.path)
+    # The volatile status: its GIT_COMMIT never triggers a rebuild (see tools/workspace_status.sh).
+    args.add("--status-file", ctx.version_file.path)
     args.add("--max-batch-size", str(ctx.attr.max_batch_size))
     args.add("--max-queue-delay-us", str(ctx.attr.max_queue_delay_us))
     ctx.actions.run(
