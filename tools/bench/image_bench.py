@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -492,13 +493,13 @@ def report(r: dict) -> str:
 # ------------------------------------------------------------------------------------------------ main
 
 def incremental(what: str, path: Path, targets: list[str], extra: list[str], tmp: Path, key: str,
-                while_changed=None) -> dict:
+                while_changed=None, line: str = CHANGE_LINE) -> dict:
     """Appends one comment line to path, rebuilds, compares layers; `while_changed(state)` runs before the
     file is restored (e.g. to push the changed image). The caller rebuilds the restored tree."""
     before = image_state()
     export = ROOT / "bazel-bin" / PKG / "model_export"
     export_before = tree_files(export)
-    with appended(path, CHANGE_LINE):
+    with appended(path, line):
         profile = tmp / f"{key}.profile.json.gz"
         seconds = timed_build(targets, profile, extra)
         after = image_state()
@@ -575,7 +576,9 @@ def run(args: argparse.Namespace, results: dict, tmp: Path) -> None:
 
             results["incremental"].append(incremental(
                 "the same serve.py change, workspace status pinned (no `-dirty` commit)", ROOT / PKG / "serve.py",
-                IMAGES[:1], pinned, tmp, "serve_change_pinned", push_p2))
+                IMAGES[:1], pinned, tmp, "serve_change_pinned", push_p2,
+                # A different line than v2's, or the app blob would already be in the registry.
+                line=CHANGE_LINE.replace("one-line change", "one-line change (pinned status)")))
     finally:
         if registry:
             registry.stop()
@@ -587,10 +590,16 @@ def run(args: argparse.Namespace, results: dict, tmp: Path) -> None:
             tmp, "train_change"))
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_probe"]:
         return probe_main(argv[1:])
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks restore files and stop the registry and containers.
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--runs", type=int, default=3, help="podman start-to-ready runs (default 3)")
