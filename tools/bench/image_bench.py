@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -158,6 +159,14 @@ def tree_files(path: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under path."""
     return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def zip_entries(path: Path) -> dict[str, str]:
+    """{entry: sha256} of a TorchScript archive (a zip), to tell weights (data/) from metadata."""
+    if not path.is_file():
+        return {}
+    with zipfile.ZipFile(path) as z:
+        return {n: hashlib.sha256(z.read(n)).hexdigest() for n in z.namelist()}
 
 
 @contextmanager
@@ -484,7 +493,7 @@ def report(r: dict) -> str:
         "",
         f"`python3 tools/bench/image_bench.py --json ...` — {m['os']}, {m['nproc']} cores, {m['mem']}, "
         f"Bazel {m['bazel']}, CPU lock; load average at start {m['loadavg'][0]:.1f} / {m['loadavg'][1]:.1f} / "
-        f"{m['loadavg'][2]:.1f} (1/5/15 min), at end {r.get('load_at_end', ['?'])[0]}. Measured {m['date']} "
+        f"{m['loadavg'][2]:.1f} (1/5/15 min), at end {r.get('load_at_end', [0])[0]:.1f}. Measured {m['date']} "
         f"at commit {m['git_commit'][:12]}.",
         "",
     ]
@@ -505,6 +514,10 @@ def report(r: dict) -> str:
             if "model_export_files_changed" in inc:
                 diff = inc["model_export_files_changed"]
                 notes += f"; retrained export files that differ: {', '.join(diff) if diff else 'none'}"
+                entries = inc.get("model_pt_entries_changed", [])
+                weights = [e for e in entries if "/data/" in e and not e.endswith("serialization_id")]
+                notes += (f"; model.pt entries that differ: {len(entries)} ({len(weights)} of them weights"
+                          f"{', i.e. only metadata' if entries and not weights else ''})")
             lines.append(f"| {inc['what']} | {inc['seconds']:.0f} s | {', '.join(ch['train_image']) or 'none'} / "
                          f"{', '.join(ch['serve_image']) or 'none'} | {notes} |")
         lines.append("")
@@ -541,6 +554,7 @@ def incremental(what: str, path: Path, targets: list[str], extra: list[str], tmp
     before = image_state()
     export = ROOT / "bazel-bin" / PKG / "model_export"
     export_before = tree_files(export)
+    model_before = zip_entries(export / "model.pt")
     with appended(path, line):
         profile = tmp / f"{key}.profile.json.gz"
         seconds = timed_build(targets, profile, extra)
@@ -551,6 +565,9 @@ def incremental(what: str, path: Path, targets: list[str], extra: list[str], tmp
             export_after = tree_files(export)
             result["model_export_files_changed"] = sorted(
                 k for k in set(export_before) | set(export_after) if export_before.get(k) != export_after.get(k))
+            model_after = zip_entries(export / "model.pt")
+            result["model_pt_entries_changed"] = sorted(
+                k for k in set(model_before) | set(model_after) if model_before.get(k) != model_after.get(k))
         log(f"{what}: {seconds:.0f} s, changed {result['changed']}")
         if while_changed:
             while_changed(after)
