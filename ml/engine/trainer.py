@@ -385,9 +385,12 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
                                       folder=run_dir / "export", fmt=config.export_format)
                 tracker.log_artifact(export.folder, "export")
             tracker.set_tags({"mlenv.final_step": str(step)})
+            outcome = {"global_step": step, "final_loss": last_loss, "eval_metrics": eval_metrics}
+            # metrics.json: what the run computed, nothing about where it ran (a build-time trained model
+            # copies it, so retraining to the same weights gives the same bytes); result.json adds the run.
+            (run_dir / "metrics.json").write_text(json.dumps(outcome, indent=2, sort_keys=True) + "\n")
             (run_dir / "result.json").write_text(json.dumps({
-                "run_id": tracker.run_id, "tracking_uri": target.tracking_uri, "global_step": step,
-                "final_loss": last_loss, "eval_metrics": eval_metrics}, indent=2, sort_keys=True) + "\n")
+                "run_id": tracker.run_id, "tracking_uri": target.tracking_uri, **outcome}, indent=2, sort_keys=True) + "\n")
             print(f"mlenv: done at step {step}: loss {last_loss:.4f}"
                   + "".join(f", {k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
                   + f"\n  run dir:     {run_dir}\n  mlflow:      {target.tracking_uri} run {tracker.run_id}"
