@@ -18,7 +18,7 @@ import pytest
 from tools.testing.bazel_workspace import SampleWorkspace
 
 COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
-        "ml/engine"]
+        "ml/engine", "tools/lint"]
 
 SAMPLE_BUILD = '''
 load("//tools/rules:gpu_test.bzl", "ml_gpu_test")
