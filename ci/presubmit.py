@@ -49,6 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     parser.add_argument("--out", type=Path, help="report folder (default: <workspace>/.mlenv/presubmit)")
     parser.add_argument("--no-lint", action="store_true", help="skip buildifier and ruff")
+    parser.add_argument("--bazel-flag", action="append", default=[], metavar="FLAG",
+                        help="extra flag for every lane, e.g. --bazel-flag=--nocache_test_results")
     parser.add_argument("--workspace", type=Path,
                         default=Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")), help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help="presubmit config (default: <workspace>/ci/presubmit.json)")
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             report.add(f"  ... {len(tests) - 40} more tests")
 
     # With a cache URL in the environment, every lane reads and writes the remote cache (tools/bazel adds it).
-    flags = BASE_FLAGS + (["--config=remote-cache"] if os.environ.get("MLENV_REMOTE_CACHE") else [])
+    flags = BASE_FLAGS + (["--config=remote-cache"] if os.environ.get("MLENV_REMOTE_CACHE") else []) + args.bazel_flag
     the_plan = plan(selection, list(config.always_test), args.gpu, flags)
     report.section("images")
     report.add(f"  build: {', '.join(the_plan.image_targets) or 'none affected'}")

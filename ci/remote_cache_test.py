@@ -6,84 +6,22 @@ remote cache hit and produce the same bytes, i.e. it did not run locally. The sa
 and a missing URL stops with the fix.
 """
 
-import grp
-import os
-import pwd
 import shutil
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tools.testing.bazel_workspace import SampleWorkspace, find_bazel
-
-NGINX_CONF = """
-# As root, nginx would hand its temp folders to `nobody` (unmappable in Bazel's sandbox): keep our own ids.
-user {user} {group};
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {prefix}/cache;
-        client_max_body_size 0;
-        location / {{
-            dav_methods PUT DELETE;
-            create_full_put_path on;
-            dav_access user:rw;
-        }}
-    }}
-}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tools.testing.http_cache import MISSING_NGINX, NginxCache, find_nginx
 
 
 @pytest.fixture(scope="module")
 def cache_url(tmp_path_factory):
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if nginx is None:
-        pytest.fail("nginx is not installed; this test serves Bazel's HTTP cache with it: apt-get install nginx-core")
-    prefix = tmp_path_factory.mktemp("nginx")
-    (prefix / "cache").mkdir()
-    (prefix / "tmp").mkdir()
-    port = free_port()
-    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port, user=pwd.getpwuid(os.getuid()).pw_name,
-                                                         group=grp.getgrgid(os.getgid()).gr_name))
-    proc = subprocess.Popen([nginx, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/ac/absent", timeout=1)
-        except urllib.error.HTTPError:
-            break  # 404: serving
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"nginx exited: {proc.stdout.read().decode()} {(prefix / 'error.log').read_text()}")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    if find_nginx() is None:
+        pytest.fail(MISSING_NGINX)
+    with NginxCache(tmp_path_factory.mktemp("nginx")) as cache:
+        yield cache.url
 
 
 @pytest.fixture(scope="module")
