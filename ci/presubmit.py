@@ -123,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     # With a cache URL in the environment, every lane reads and writes the remote cache (tools/bazel adds it).
     flags = BASE_FLAGS + (["--config=remote-cache"] if os.environ.get("MLENV_REMOTE_CACHE") else []) + args.bazel_flag
     the_plan = plan(selection, list(config.always_test), args.gpu, flags)
-    report.section("images")
-    report.add(f"  build: {', '.join(the_plan.image_targets) or 'none affected'}")
-    report.add(f"  reproducibility tests (run in the cpu lane): {', '.join(the_plan.image_repro_tests) or 'none affected'}")
-    for line in the_plan.skipped:
-        report.add(f"  skipped: {line}")
+    report.section("plan")
+    report.add(f"  images: build {', '.join(the_plan.image_targets) or 'none affected'}")
+    report.add(f"  images: reproducibility tests (run in the cpu lane): {', '.join(the_plan.image_repro_tests) or 'none affected'}")
     if config.always_test:
         report.add(f"  always: {', '.join(config.always_test)} (lock freshness)")
+    for line in the_plan.skipped:
+        report.add(f"  skipped: {line}")
 
     if out.exists() and not args.dry_run:
         shutil.rmtree(out)
