@@ -67,7 +67,12 @@ def count(pattern: str, text: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--file", default="ml/homefeed/model_test.py", help="the one file to change")
-    parser.add_argument("--cache-targets", default="//...", help="what the remote-cache builds build")
+    # //... spelled as its top-level packages: a second output base would otherwise walk into the first one's
+    # bazel-<workspace> symlink (Bazel skips only its own).
+    top = sorted(f"//{d.name}/..." for d in ROOT.iterdir()
+                 if d.is_dir() and not d.name.startswith(("bazel-", ".")) and any(d.rglob("BUILD.bazel")))
+    parser.add_argument("--cache-targets", nargs="+", default=["//:all", *top],
+                        help="what the remote-cache builds build (default: //... without bazel-* symlinks)")
     parser.add_argument("--skip", action="append", default=[], choices=["one-file", "lock", "cache"])
     args = parser.parse_args()
     if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", args.file, str(LOCK)], cwd=ROOT).returncode:
@@ -114,6 +119,7 @@ def main() -> int:
             f"| its wall time (includes re-installing @pypi, which the changed lock invalidates) | {lock_s:.1f} s |",
             "",
         ]
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     if "cache" not in args.skip:
         scratch = Path(tempfile.mkdtemp(prefix="presubmit-bench-cache-"))
@@ -124,14 +130,14 @@ def main() -> int:
                 for name in ("cold", "warm"):
                     root = f"--output_user_root={scratch / name}"
                     times[name], proc = run([BAZEL, root, "build", "--config=ci", "--config=remote-cache",
-                                             "--symlink_prefix=/", args.cache_targets], env=env)
+                                             "--symlink_prefix=/", *args.cache_targets], env=env)
                     hits[name] = count(r"INFO: (\d+ processes?: [^\n]*)", proc.stderr)
                     run([BAZEL, root, "shutdown"], check=False)
                 size = cache.size_bytes()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         lines += [
-            f"| `tools/bazel build --config=remote-cache {args.cache_targets}`, fresh output base | wall time | processes |",
+            "| `tools/bazel build --config=remote-cache //...`, fresh output base | wall time | processes |",
             "|---|---|---|",
             f"| cold (empty cache; fills it: {size / 1e6:.0f} MB) | {times['cold']:.1f} s | {hits['cold']} |",
             f"| remote-cache warm (another fresh output base) | {times['warm']:.1f} s | {hits['warm']} |",
