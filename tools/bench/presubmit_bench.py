@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import shutil
@@ -57,6 +58,41 @@ class Edited:
 
     def __exit__(self, *exc):
         self.path.write_bytes(self.original)
+
+
+def spawns(log: Path) -> list[dict]:
+    """The spawns of a --execution_log_json_file (concatenated JSON objects)."""
+    text, decoder, found, i = log.read_text(), json.JSONDecoder(), [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return found
+        obj, i = decoder.raw_decode(text, i)
+        found.append(obj)
+
+
+def explain_misses(cold: Path, warm: Path) -> list[str]:
+    """For each spawn the warm build executed: its mnemonic and the inputs whose digest differ from the cold build."""
+    def key(spawn):
+        outputs = spawn.get("listedOutputs") or spawn.get("actualOutputs") or []
+        return tuple(sorted(o if isinstance(o, str) else o.get("path", "") for o in outputs))
+
+    def inputs(spawn):
+        return {i["path"]: i.get("digest", {}).get("hash") for i in spawn.get("inputs", [])}
+
+    before = {key(s): s for s in spawns(cold)}
+    lines = []
+    for spawn in spawns(warm):
+        if spawn.get("remoteCacheHit"):
+            continue
+        old = before.get(key(spawn))
+        old_inputs = inputs(old) if old is not None else {}
+        diff = [p for p, h in inputs(spawn).items() if old is not None and old_inputs.get(p) != h]
+        lines.append(f"{spawn.get('mnemonic')} {', '.join(key(spawn))[:80]}: "
+                     + (f"{len(diff)} input(s) differ from the cold build, e.g. {', '.join(sorted(diff)[:3])}"
+                        if diff else "same inputs" if old else "not in the cold build"))
+    return lines
 
 
 def count(pattern: str, text: str) -> str:
@@ -111,11 +147,13 @@ def main() -> int:
         with Edited(LOCK, f"# presubmit bench {uuid.uuid4()}\n"):
             lock_s, proc = run([str(ROOT / "ci/presubmit"), "--base", "HEAD", "--dry-run", "--no-lint"])
         selected = count(r"selected: ([^\n]*)", proc.stdout)
+        cpu_lane = count(r"lane cpu: test \d+ target\(s\), (\d+) test", proc.stdout)
         run([BAZEL, "build", "@pypi//:env"])  # reinstall the unchanged lock's environment
         lines += [
             "| lock change (a comment appended to `requirements_lock_cpu.txt`) | |",
             "|---|---|",
-            f"| selected by `ci/presubmit --dry-run` | {selected} (of {total_tests} non-GPU tests in //...) |",
+            f"| selected by `ci/presubmit --dry-run` (GPU and manual tests included) | {selected} |",
+            f"| tests the CPU lane runs | {cpu_lane} of the full suite's {total_tests} |",
             f"| its wall time (includes re-installing @pypi, which the changed lock invalidates) | {lock_s:.1f} s |",
             "",
         ]
@@ -123,17 +161,21 @@ def main() -> int:
 
     if "cache" not in args.skip:
         scratch = Path(tempfile.mkdtemp(prefix="presubmit-bench-cache-"))
+        log_dir = Path(tempfile.mkdtemp(prefix="presubmit-bench-logs-"))  # kept: which actions missed and why
         try:
             with NginxCache(scratch / "nginx") as cache:
                 env = {"MLENV_REMOTE_CACHE": cache.url}
-                times, hits = {}, {}
+                times, hits, logs = {}, {}, {}
                 for name in ("cold", "warm"):
                     root = f"--output_user_root={scratch / name}"
+                    logs[name] = log_dir / f"{name}.json"
                     times[name], proc = run([BAZEL, root, "build", "--config=ci", "--config=remote-cache",
-                                             "--symlink_prefix=/", *args.cache_targets], env=env)
+                                             "--symlink_prefix=/", f"--execution_log_json_file={logs[name]}",
+                                             *args.cache_targets], env=env)
                     hits[name] = count(r"INFO: (\d+ processes?: [^\n]*)", proc.stderr)
                     run([BAZEL, root, "shutdown"], check=False)
                 size = cache.size_bytes()
+                misses = explain_misses(logs["cold"], logs["warm"])
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         lines += [
@@ -142,6 +184,8 @@ def main() -> int:
             f"| cold (empty cache; fills it: {size / 1e6:.0f} MB) | {times['cold']:.1f} s | {hits['cold']} |",
             f"| remote-cache warm (another fresh output base) | {times['warm']:.1f} s | {hits['warm']} |",
             f"| ratio | {times['cold'] / times['warm']:.1f}x | |",
+            "",
+            *[f"- warm miss: {line}" for line in misses],
             "",
         ]
     lines.append(f"Load after: `{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}`")
