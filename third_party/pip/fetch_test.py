@@ -26,7 +26,7 @@ def lock_text(wheels: Path, alpha: Path, beta_hash: str) -> str:
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("fetch")
     ws = SampleWorkspace.create(root / "ws")
-    for rel in ("WORKSPACE", "toolchains", "third_party/pip", "third_party/debian"):  # WORKSPACE loads both
+    for rel in ("WORKSPACE", "toolchains", "third_party/pip", "third_party/debian", "tools/lint"):  # WORKSPACE loads them
         src = Path.cwd() / rel
         (shutil.copytree(src, ws.root / rel, dirs_exist_ok=True) if src.is_dir()
          else shutil.copy(src, ws.root / rel))

@@ -19,7 +19,7 @@ import pytest
 from tools.testing.bazel_workspace import SampleWorkspace
 
 COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
-        "third_party/debian", "ml/engine"]
+        "third_party/debian", "ml/engine", "tools/lint"]
 
 SAMPLE_BUILD = '''
 load("//tools/rules:gpu_test.bzl", "ml_gpu_test")

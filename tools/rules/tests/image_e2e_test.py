@@ -19,7 +19,7 @@ from tools.rules.private import oci
 from tools.testing.bazel_workspace import SampleWorkspace
 
 COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
-        "third_party/debian", "ml/serving", "ml/engine"]
+        "third_party/debian", "ml/serving", "ml/engine", "tools/lint"]
 
 SAMPLE_BUILD = '''
 load("//tools/rules:bundle.bzl", "ml_model_bundle")

@@ -1,0 +1,83 @@
+"""--config=remote-cache against a real HTTP cache: nginx with WebDAV on loopback, private prefix.
+
+A genrule whose output is different on every execution (it records the nanosecond clock) is built with
+`tools/bazel --config=remote-cache` and MLENV_REMOTE_CACHE; a second build in a clean output base must be a
+remote cache hit and produce the same bytes, i.e. it did not run locally. The same through .bazelrc.user,
+and a missing URL stops with the fix.
+"""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tools.testing.bazel_workspace import SampleWorkspace, find_bazel
+from tools.testing.http_cache import MISSING_NGINX, NginxCache, find_nginx
+
+
+@pytest.fixture(scope="module")
+def cache_url(tmp_path_factory):
+    if find_nginx() is None:
+        pytest.fail(MISSING_NGINX)
+    with NginxCache(tmp_path_factory.mktemp("nginx")) as cache:
+        yield cache.url
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    ws = SampleWorkspace.create(tmp_path_factory.mktemp("remote") / "ws")
+    for rel in (".bazelrc", ".bazelversion", "ci/bazelrc", "tools/bazel", "tools/workspace_status.sh"):
+        (ws.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(rel, ws.root / rel)  # keeps the executable bits
+    ws.write("BUILD.bazel", 'genrule(\n    name = "stamp",\n    outs = ["stamp.txt"],\n'
+                            '    cmd = "date +%s%N > $@",\n)\n')
+    ws = replace(ws, bazel_binary=str(ws.root / "tools/bazel"))  # through our wrapper, as a developer would
+    yield ws
+    ws.shutdown()
+
+
+def build(ws, env):
+    result = ws.bazel("build", "--config=remote-cache", "//:stamp", env={"BAZEL_REAL": find_bazel(), **env})
+    processes = [line for line in result.stderr.splitlines() if " processes: " in line or " process: " in line]
+    return result, processes[-1] if processes else "", ws.root
+
+
+def output(ws):
+    bin_dir = ws.bazel("info", "bazel-bin", env={"BAZEL_REAL": find_bazel()}).stdout.strip()
+    return Path(bin_dir, "stamp.txt").read_bytes()
+
+
+def test_second_clean_output_base_is_served_from_the_cache(sample, cache_url):
+    first, processes, _ = build(sample, {"MLENV_REMOTE_CACHE": cache_url})
+    assert first.returncode == 0, first.stderr
+    assert "remote cache hit" not in processes, processes
+    produced = output(sample)
+
+    clean = replace(sample, output_root=sample.root.parent / "ws-output-clean")
+    second, processes, _ = build(clean, {"MLENV_REMOTE_CACHE": cache_url})
+    try:
+        assert second.returncode == 0, second.stderr
+        assert "1 remote cache hit" in processes, processes
+        assert "linux-sandbox" not in processes and "local" not in processes, processes
+        assert output(clean) == produced  # downloaded, not re-executed (the clock would differ)
+    finally:
+        clean.shutdown()
+
+
+def test_bazelrc_user_sets_the_url(sample, cache_url):
+    (sample.root / ".bazelrc.user").write_text(f"build:remote-cache --remote_cache={cache_url}\n")
+    other = replace(sample, output_root=sample.root.parent / "ws-output-user")
+    try:
+        result, processes, _ = build(other, {})
+        assert result.returncode == 0, result.stderr
+        assert "1 remote cache hit" in processes, processes
+    finally:
+        (sample.root / ".bazelrc.user").unlink()
+        other.shutdown()
+
+
+def test_missing_url_is_a_clear_error(sample):
+    result, _, _ = build(sample, {})
+    assert result.returncode != 0
+    assert "MLENV_REMOTE_CACHE" in result.stderr and ".bazelrc.user" in result.stderr, result.stderr
