@@ -64,6 +64,7 @@ def _bundle_impl(ctx):
     args.add("--version", ctx.attr.version)
     args.add("--label", str(ctx.label))
     args.add("--lock-digest-file", ctx.file._lock_digest.path)
+
     # The volatile status: its GIT_COMMIT never triggers a rebuild (see tools/workspace_status.sh).
     args.add("--status-file", ctx.version_file.path)
     args.add("--max-batch-size", str(ctx.attr.max_batch_size))
@@ -98,8 +99,17 @@ model_bundle = rule(
     },
 )
 
-def ml_model_bundle(name, model_name, version = "1", export = None, mlflow_run = None, mlflow_sha256 = "",
-                    mlflow_tracking_uri = "", max_batch_size = 256, max_queue_delay_us = 2000, **kwargs):
+def ml_model_bundle(
+        name,
+        model_name,
+        version = "1",
+        export = None,
+        mlflow_run = None,
+        mlflow_sha256 = "",
+        mlflow_tracking_uri = "",
+        max_batch_size = 256,
+        max_queue_delay_us = 2000,
+        **kwargs):
     """A deployable bundle; also `<name>.check` (bazel run) that verifies it. See docs/rules.md."""
     model_bundle(
         name = name,
