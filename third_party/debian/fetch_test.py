@@ -1,7 +1,7 @@
 """@debian_bookworm through real Bazel on a sample workspace: a locked .deb becomes a layer; a tampered sha256
 fails the FETCH naming the package, both hashes and the fix; a vanished URL fails saying to relock.
 
-The sample is ours (WORKSPACE, toolchains, tools/rules, third_party/pip, third_party/debian) with the Debian lock replaced
+The sample is ours (WORKSPACE, toolchains, tools/rules, tools/lint, third_party/pip, third_party/debian) with the Debian lock replaced
 by one tiny .deb served from a file:// URL, so nothing is downloaded.
 """
 
@@ -30,7 +30,7 @@ def lock_text(deb: Path, sha256: str, url: str = "") -> str:
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("fetch")
     ws = SampleWorkspace.create(root / "ws")
-    for rel in ("WORKSPACE", "toolchains", "tools/rules", "third_party/pip", "third_party/debian"):
+    for rel in ("WORKSPACE", "toolchains", "tools/rules", "tools/lint", "third_party/pip", "third_party/debian"):
         src = Path.cwd() / rel
         (shutil.copytree(src, ws.root / rel, dirs_exist_ok=True) if src.is_dir()
          else shutil.copy(src, ws.root / rel))
