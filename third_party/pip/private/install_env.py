@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if site.exists():
         shutil.rmtree(site)
     cmd = [args.uv, "pip", "install", "--no-config", "--target", str(site), "--python", args.python,
-           "--no-deps", "--require-hashes", "--no-build", "--compile-bytecode",
+           "--no-deps", "--require-hashes", "--no-build",
            "--index-strategy", "unsafe-best-match", "--quiet",
            *usable_sources(lock, args.default_index, log), "-r", str(sanitized)]
     log(f"installing {len(lock.requirements)} distributions from {args.lock_label} ({args.variant})")
@@ -269,6 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     # Console scripts carry this machine's interpreter path in their shebang and are not importable code:
     # drop them so the tree is the same on every machine (use `python -m tensorboard.main`, `-m mlflow`).
     shutil.rmtree(site / "bin", ignore_errors=True)
+    # Byte code, compiled once so tests never write .pyc files into the shared tree. uv would write
+    # timestamp-based .pyc (install time in every header), making two installs of one lock differ in ~18k
+    # files: every action that takes the environment as input would then miss a shared remote cache.
+    # Unchecked-hash .pyc depend only on the source and its path, so machines that check out at the same
+    # path (a CI fleet) produce identical trees. A fixed seed keeps compile order effects out.
+    log("compiling byte code (unchecked-hash)")
+    proc = subprocess.run([args.python, "-S", "-m", "compileall", "-q", "-j0", "--invalidation-mode", "unchecked-hash",
+                           str(site)], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if proc.returncode not in (0, 1):  # 1: some file did not compile (e.g. py2 templates in a package); fine
+        print(f"mlenv/pip: compiling byte code failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}", file=sys.stderr)
+        return 1
     write_build_files(args.repo, lock, digest, args.variant)
     return 0
 
