@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_INDEX = "https://pypi.org/simple"
+# Part of lock_digest.txt, the file Bazel tracks in place of the untracked site-packages folder: bump it
+# whenever this installer changes what the tree holds (2: unchecked-hash byte code), so every consumer reruns.
+TREE_FORMAT = 2
 
 
 class LockError(Exception):
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except LockError as exc:
         print(f"mlenv: {exc}", file=sys.stderr)
         return 2
-    digest = "sha256:" + hashlib.sha256(f"{args.variant}\n{args.python}\n{text}".encode()).hexdigest()
+    digest = "sha256:" + hashlib.sha256(f"{TREE_FORMAT}\n{args.variant}\n{args.python}\n{text}".encode()).hexdigest()
 
     sanitized = args.repo / "requirements.pinned.txt"
     sanitized.write_text("".join(
