@@ -59,6 +59,15 @@ class SampleWorkspace:
         (root / ".bazelignore").write_text("third_party/bazel_standins\n")
         return cls(root, root.parent / (root.name + "-output"), find_bazel())
 
+    def copy_in(self, relative: str) -> None:
+        """Copies a file or folder of this test's workspace (its runfiles) to the same place in the sample."""
+        source, target = Path.cwd() / relative, self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy(source, target)  # keeps the executable bit (tools/workspace_status.sh)
+
     def write(self, path: str, text: str) -> None:
         target = self.root / path
         target.parent.mkdir(parents=True, exist_ok=True)

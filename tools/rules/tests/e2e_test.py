@@ -56,20 +56,11 @@ ml_trainer_integration_test(
 '''
 
 
-def copy_into(ws: SampleWorkspace, relative: str) -> None:
-    source, target = Path.cwd() / relative, ws.root / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target, dirs_exist_ok=True)
-    else:
-        shutil.copy(source, target)  # keeps the executable bit (tools/workspace_status.sh)
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     ws = SampleWorkspace.create(tmp_path_factory.mktemp("e2e") / "ws")
     for relative in COPY:
-        copy_into(ws, relative)
+        ws.copy_in(relative)
     shutil.rmtree(ws.root / "tools/rules/tests", ignore_errors=True)  # this very test and its fixtures
     ws.write("sample/BUILD.bazel", SAMPLE_BUILD)
     ws.write("sample/unit_test.py", "import numpy as np\n\ndef test_one():\n    assert np.arange(3).sum() == 3\n\n"

@@ -66,19 +66,10 @@ ml_image(
 '''
 
 
-def copy_into(ws: SampleWorkspace, relative: str) -> None:
-    source, target = Path.cwd() / relative, ws.root / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target, dirs_exist_ok=True)
-    else:
-        shutil.copy(source, target)
-
-
 def make_sample(root: Path, export: Path) -> SampleWorkspace:
     ws = SampleWorkspace.create(root)
     for relative in COPY:
-        copy_into(ws, relative)
+        ws.copy_in(relative)
     shutil.rmtree(ws.root / "tools/rules/tests", ignore_errors=True)
     ws.write("sample/BUILD.bazel", SAMPLE_BUILD)
     ws.write("sample/train.py", "import json\nprint(json.load(open('sample/config.json')))\n")
