@@ -79,6 +79,9 @@ def test_golden_mismatch_is_reported(export, tmp_path):
     (out / "bundle.json").write_text(json.dumps(manifest))
     with pytest.raises(bundle.BundleError, match="output score differs from the golden outputs by 1"):
         bundle.check_golden(bundle.verify(out))
+    assert 0.99 < bundle.check_golden(bundle.verify(out), atol=1.5) < 1.01  # an explicit, looser tolerance
+    with pytest.raises(bundle.BundleError, match=r"by 1 \(tolerance 0.5, from --golden-atol\)"):
+        bundle.check_golden(bundle.verify(out), atol=0.5)
 
 
 def test_weights_from_an_mlflow_run_pinned_by_digest(export, tmp_path, monkeypatch, capsys):

@@ -18,6 +18,9 @@
 - Bad input never takes the server down: unknown model/version -> NOT_FOUND; wrong tensor names, dtypes,
   shapes or byte sizes -> INVALID_ARGUMENT with a message naming the tensor; oversize messages ->
   RESOURCE_EXHAUSTED (gRPC's own limit, --max-message-bytes). A tampered bundle is refused at load.
+- `--device cuda[:N]` serves on a GPU: the golden batch is replayed there at load (--golden-atol where its
+  kernels round differently from the CPU that wrote the golden outputs), each instance runs its batches on
+  its own CUDA stream, and batching matters most there (one kernel launch sequence for many requests).
 - Prometheus metrics on --metrics-port (requests, latency histogram, batch sizes, errors, queue depth).
 - SIGTERM/SIGINT: readiness goes false, new requests are refused, in-flight ones finish (--drain-seconds),
   then the process exits 0.
@@ -126,11 +129,13 @@ class DynamicBatcher:
     """
 
     def __init__(self, name: str, model, max_batch_size: int, max_delay_s: float, metrics: Metrics,
-                 instances: int = 1) -> None:
+                 instances: int = 1, device: torch.device | None = None) -> None:
         if instances < 1:
             raise ValueError(f"model {name}: instances must be at least 1, got {instances}")
         self.name, self.model, self.max_rows, self.max_delay = name, model, max_batch_size, max_delay_s
         self.instances = instances
+        self.device = device if device is not None else torch.device("cpu")
+        self._on_cpu = self.device.type == "cpu"
         self._queue_gauge = metrics.queue.labels(name)
         self._batch_hist = metrics.batch.labels(name)
         self._queue: deque[_Pending] = deque()
@@ -234,7 +239,10 @@ class DynamicBatcher:
         else:
             joined = [np.concatenate([p.inputs[i] for p in batch]) for i in range(len(batch[0].inputs))]
         with torch.inference_mode():
-            out = self.model(*[torch.from_numpy(a) for a in joined])
+            tensors = [torch.from_numpy(a) for a in joined]
+            if not self._on_cpu:
+                tensors = [t.to(self.device) for t in tensors]
+            out = self.model(*tensors)
         out = out if isinstance(out, (tuple, list)) else (out,)
         arrays = [t.detach().cpu().numpy() for t in out]
         self._batch_hist.observe(sum(p.rows for p in batch))
@@ -248,6 +256,15 @@ class DynamicBatcher:
             start = end
 
     def _loop(self) -> None:
+        if self.device.type == "cuda":
+            # Each instance queues its batches on its own stream, so one instance's copies and kernels can
+            # overlap another's; .cpu() on the outputs waits for this stream only.
+            with torch.cuda.stream(torch.cuda.Stream(self.device)):
+                self._serve()
+        else:
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             batch = self._take_batch()
             if not batch:
@@ -313,6 +330,28 @@ class LoadedModel:
         counter.inc()
 
 
+def resolve_device(spec: str) -> torch.device:
+    """The torch device to serve on, checked now: a server must not start on a device it cannot use."""
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = torch.version.cuda or "none: a CPU-only build"
+            raise ValueError(f"--device {spec}: torch {torch.__version__} sees no CUDA device (CUDA in this build: "
+                             f"{built}); serve with --device cpu, or on a GPU machine with the CUDA environment "
+                             f"(tools/bazel run --config=cuda ...)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise ValueError(f"--device {spec}: the server runs models on cpu or cuda[:N], not {device.type}")
+    return device
+
+
 def _version_key(version: str) -> tuple:
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
@@ -321,9 +360,12 @@ class ModelRepository:
     """Loaded models by name and version; loading verifies hashes and replays the golden batch first."""
 
     def __init__(self, metrics: Metrics, *, keep_versions: int = 0, max_delay_override_us: int | None = None,
-                 max_batch_override: int | None = None, instances: int = 1) -> None:
+                 max_batch_override: int | None = None, instances: int = 1, device: str = "cpu",
+                 golden_atol: float | None = None) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1 (model threads per version), got {instances}")
+        self.device = resolve_device(device)
+        self.golden_atol = golden_atol
         self.metrics = metrics
         self.keep_versions = keep_versions
         self.instances = instances
@@ -334,13 +376,13 @@ class ModelRepository:
 
     def load(self, path: Path) -> LoadedModel:
         b = bundles.verify(path)
-        module = bundles.load_model(b)
-        bundles.check_golden(b, module)
+        module = bundles.load_model(b, str(self.device))
+        bundles.check_golden(b, module, device=str(self.device), atol=self.golden_atol)
         serving = b.manifest.get("serving", {})
         max_rows = self.max_batch_override or int(serving.get("max_batch_size", 256))
         delay_us = self.max_delay_override_us if self.max_delay_override_us is not None else int(serving.get("max_queue_delay_us", 2000))
         batcher = DynamicBatcher(f"{b.name}/{b.version}", module, max_rows, delay_us / 1e6, self.metrics,
-                                 self.instances)
+                                 self.instances, self.device)
         try:
             loaded = LoadedModel(b, module, batcher, self.metrics)
         except Exception:
@@ -628,12 +670,13 @@ def start(*, bundles_to_load: list[Path] = (), repository_dir: Path | None = Non
           port: int = 0, metrics_port: int | None = 0, workers: int = 16, max_message_bytes: int = 64 << 20,
           tls_cert: Path | None = None, tls_key: Path | None = None, keep_versions: int = 0,
           max_queue_delay_us: int | None = None, max_batch_size: int | None = None,
-          instances: int = 1) -> InferenceServer:
+          instances: int = 1, device: str = "cpu", golden_atol: float | None = None) -> InferenceServer:
     """Loads the models and starts serving. `instances`: model threads per model version (see DynamicBatcher);
     torch's intra-op thread count is process-wide and left to the caller (main() sets it)."""
     metrics = Metrics()
     repository = ModelRepository(metrics, keep_versions=keep_versions, max_delay_override_us=max_queue_delay_us,
-                                 max_batch_override=max_batch_size, instances=instances)
+                                 max_batch_override=max_batch_size, instances=instances, device=device,
+                                 golden_atol=golden_atol)
     for path in bundles_to_load:
         repository.load(Path(path))  # a bad bundle given explicitly is fatal: say so before serving
     if repository_dir is not None:
@@ -696,6 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int,
                         help="torch intra-op threads per instance (default: $OMP_NUM_THREADS if set, else the "
                              "usable cores divided by --instances, at least 1)")
+    parser.add_argument("--device", default="cpu",
+                        help="where models run: cpu (default), cuda or cuda:N (the golden batch is replayed there "
+                             "before a version is served)")
+    parser.add_argument("--golden-atol", type=float,
+                        help="tolerance of the load-time golden check, overriding the bundles' (for devices whose "
+                             "kernels round differently from the CPU that wrote the golden outputs)")
     parser.add_argument("--keep-versions", type=int, default=0, help="versions kept per model (0: all)")
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="repository rescan interval")
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="grace for in-flight requests at shutdown")
@@ -709,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tls-cert and --tls-key go together")
     if args.instances < 1:
         parser.error(f"--instances {args.instances}: give at least 1 model thread per model version")
+    if args.golden_atol is not None and not args.golden_atol >= 0:
+        parser.error(f"--golden-atol {args.golden_atol}: give a tolerance of 0 or more")
     if args.torch_threads is not None and args.torch_threads < 1:
         parser.error(f"--torch-threads {args.torch_threads}: give at least 1 thread, or leave it out for the default")
     torch_threads = args.torch_threads or default_torch_threads(args.instances)
@@ -718,14 +769,15 @@ def main(argv: list[str] | None = None) -> int:
                        metrics_port=None if args.metrics_port < 0 else args.metrics_port, workers=args.workers,
                        max_message_bytes=args.max_message_bytes, tls_cert=args.tls_cert, tls_key=args.tls_key,
                        keep_versions=args.keep_versions, max_queue_delay_us=args.max_queue_delay_us,
-                       max_batch_size=args.max_batch_size, instances=args.instances)
-    except (bundles.BundleError, OSError) as exc:
+                       max_batch_size=args.max_batch_size, instances=args.instances, device=args.device,
+                       golden_atol=args.golden_atol)
+    except (bundles.BundleError, OSError, ValueError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
     models = ", ".join(f"{n} (versions {', '.join(server.repository.versions(n))})" for n in server.repository.names())
     print(f"serving {models} on {args.host}:{server.port} (gRPC, Open Inference Protocol"
           f"{', TLS' if args.tls_cert else ''}); metrics on http://{args.host}:{server.metrics_port}/metrics; "
-          f"{args.instances} instance(s) per model x {torch_threads} torch thread(s)",
+          f"{args.instances} instance(s) per model x {torch_threads} torch thread(s) on {server.repository.device}",
           file=sys.stderr, flush=True)
 
     stop = threading.Event()

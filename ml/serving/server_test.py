@@ -296,6 +296,21 @@ def test_cli_refuses_bad_usage(tmp_path):
     assert proc.wait(60) == 1 and "is not a bundle: no bundle.json" in proc.stderr.read()
 
 
+def test_cli_refuses_a_device_it_cannot_serve_on(tmp_path):
+    b = make_bundle(tmp_path / "repo")
+    proc = _serve_cli("--bundle", str(b), "--port", "0", "--metrics-port", "-1", "--device", "tpu")
+    assert proc.wait(60) == 1 and "--device 'tpu' is not a device torch knows; use cpu, cuda" in proc.stderr.read()
+    proc = _serve_cli("--bundle", str(b), "--port", "0", "--metrics-port", "-1", "--golden-atol", "-1")
+    assert proc.wait(60) == 2 and "--golden-atol -1.0: give a tolerance of 0 or more" in proc.stderr.read()
+    if torch.cuda.is_available():
+        wanted, message = f"cuda:{torch.cuda.device_count()}", f"has {torch.cuda.device_count()} CUDA device(s)"
+    else:
+        wanted, message = "cuda", "sees no CUDA device"
+    proc = _serve_cli("--bundle", str(b), "--port", "0", "--metrics-port", "-1", "--device", wanted)
+    err = proc.stderr.read()
+    assert proc.wait(60) == 1 and message in err and "serve: error:" in err, err
+
+
 # ------------------------------------------------------------------ the batcher on its own, with a Python model
 
 class SleepyModel:

@@ -1,0 +1,71 @@
+"""The model server on the accelerator (`--device cuda`), driven by the real tritonclient.grpc client.
+
+`gpu_test` runs on CUDA under --config=gpu; `gpu_test_cpu` runs the same file with the server on CPU in the
+default suite, so the device plumbing (load, golden replay, batching, per-instance streams) is one code path.
+"""
+
+import os
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as triton
+
+from ml.serving import server
+from ml.serving.testing import TinyRanker, make_bundle
+
+DEVICE = os.environ.get("MLENV_TEST_DEVICE", "cuda")
+
+
+def inputs_for(ids, dense):
+    a = triton.InferInput("ids", list(ids.shape), "INT64")
+    a.set_data_from_numpy(ids)
+    b = triton.InferInput("dense", list(dense.shape), "FP32")
+    b.set_data_from_numpy(dense)
+    return [a, b]
+
+
+def rows(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 50, (n, 4)).astype(np.int64), rng.normal(size=(n, 3)).astype(np.float32)
+
+
+def expected(ids, dense):
+    with torch.no_grad():
+        score, prob = TinyRanker()(torch.from_numpy(ids), torch.from_numpy(dense))
+    return score.numpy(), prob.numpy()
+
+
+@pytest.fixture(params=[1, 2], ids=["1-instance", "2-instances"])
+def served(tmp_path, request):
+    b = make_bundle(tmp_path / "repo", max_queue_delay_us=50_000)
+    srv = server.start(bundles_to_load=[b], port=0, metrics_port=0, device=DEVICE, instances=request.param)
+    yield srv
+    srv.stop(1)
+
+
+def test_the_model_lives_on_the_device(served):
+    model = served.repository.get("tiny")
+    assert served.repository.device.type == torch.device(DEVICE).type
+    assert {p.device.type for p in model.module.parameters()} == {torch.device(DEVICE).type}
+
+
+def test_concurrent_requests_batch_on_the_device_and_each_gets_its_own_rows(served):
+    def one(i):
+        ids, dense = rows(1 + i % 5, seed=i)
+        with triton.InferenceServerClient(f"127.0.0.1:{served.port}") as client:
+            got = client.infer("tiny", inputs_for(ids, dense))
+        return (ids, dense), (got.as_numpy("score"), got.as_numpy("prob"))
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(48)))
+    for (ids, dense), (score, prob) in results:
+        want_score, want_prob = expected(ids, dense)
+        np.testing.assert_allclose(score, want_score, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(prob, want_prob, rtol=0, atol=1e-5)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{served.metrics_port}/metrics").read().decode()
+    batches = float(next(line.split()[-1] for line in text.splitlines()
+                         if line.startswith('mlenv_batch_size_rows_count{model="tiny/1"}')))
+    assert batches < 48, f"48 requests ran as {batches:.0f} batches on {DEVICE}: nothing was batched"
