@@ -17,6 +17,11 @@ run aborts. Client and servers share this machine's cores; all traffic stays on 
 
 usage: python3 tools/bench/serving_load.py [--duration 10] [--concurrency 1,8] [--batch 1,32]
                                            [--skip-kserve] [--bundle PATH] [--torch-threads 1]
+                                           [--device cuda] [--server-cpus 0-3 --client-cpus 4-15]
+                                           [--client-procs 4]
+On a machine with cores to spare, --server-cpus/--client-cpus keep the load generator off the servers'
+cores (every server and the in-process calls get the same server cores), and --client-procs spreads the
+client threads over processes so that the client's own GIL does not cap what it can send.
 (run it through Bazel's environment: tools/bazel run //tools/bench:serving_load -- ...)
 """
 
@@ -47,7 +52,7 @@ MODEL_NAME = "homefeed"
 KSERVE_SPEC = "kserve==0.21.0"  # newest on PyPI when written; installs cleanly next to torch 2.13
 KSERVE_VENV = Path.home() / ".cache" / "mlenv" / "kserve-venv"
 SCRATCH = Path("/tmp/serving_bench")
-ATOL = 1e-5
+ATOL = 1e-5  # golden tolerance on CPU; --atol for devices whose kernels round differently
 OIP_TYPES = {"int64": "INT64", "float32": "FP32"}
 
 # The kserve side, written to the scratch folder and run with the kserve venv's python. Stock kserve
@@ -91,13 +96,14 @@ uvicorn.Config.__init__ = _loopback_config
 
 
 class TorchScriptModel(Model):
-    def __init__(self, name, path, inputs, outputs):
+    def __init__(self, name, path, inputs, outputs, device):
         super().__init__(name)
         self.path, self.input_names, self.output_names = path, inputs, outputs
+        self.device = torch.device(device)
         self.module = None
 
     def load(self):
-        self.module = torch.jit.load(self.path, map_location="cpu")
+        self.module = torch.jit.load(self.path, map_location=self.device)
         self.module.eval()
         self.ready = True
         return self.ready
@@ -107,7 +113,7 @@ class TorchScriptModel(Model):
         missing = [n for n in self.input_names if n not in given]
         if missing:
             raise InvalidInput(f"missing inputs {missing}")
-        tensors = [torch.from_numpy(np.array(given[n].as_numpy())) for n in self.input_names]
+        tensors = [torch.from_numpy(np.array(given[n].as_numpy())).to(self.device) for n in self.input_names]
         with torch.inference_mode():
             out = self.module(*tensors)
         out = out if isinstance(out, (tuple, list)) else (out,)
@@ -126,9 +132,11 @@ if __name__ == "__main__":
     parser.add_argument("--inputs", required=True)
     parser.add_argument("--outputs", required=True)
     parser.add_argument("--torch_threads", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
     args, _ = parser.parse_known_args()
     torch.set_num_threads(args.torch_threads)
-    model = TorchScriptModel(args.model_name, args.model_path, args.inputs.split(","), args.outputs.split(","))
+    model = TorchScriptModel(args.model_name, args.model_path, args.inputs.split(","), args.outputs.split(","),
+                             args.device)
     model.load()
     server = ModelServer(grpc_port=args.grpc_port, http_port=args.http_port, max_threads=args.max_threads,
                          enable_grpc=True, enable_latency_logging=False)
@@ -196,7 +204,8 @@ def request_rows(specs: list[dict], golden: dict[str, np.ndarray], rows: int) ->
     return [np.ascontiguousarray(golden["input." + s["name"]][take]) for s in specs]
 
 
-def check_outputs(system: str, got: list[np.ndarray], golden: dict[str, np.ndarray], outs: list[dict]) -> float:
+def check_outputs(system: str, got: list[np.ndarray], golden: dict[str, np.ndarray], outs: list[dict],
+                  atol: float = ATOL) -> float:
     worst = 0.0
     for spec, array in zip(outs, got):
         want = golden["output." + spec["name"]]
@@ -205,9 +214,9 @@ def check_outputs(system: str, got: list[np.ndarray], golden: dict[str, np.ndarr
                              f"{None if array is None else array.shape}, golden {want.shape}: aborting")
         diff = float(np.max(np.abs(array.astype(np.float64) - want.astype(np.float64))))
         worst = max(worst, diff)
-        if not diff <= ATOL:
+        if not diff <= atol:
             raise SystemExit(f"serving_load: {system}: output {spec['name']} differs from the golden output by "
-                             f"{diff:.3g} (> {ATOL}): aborting, the numbers would not be comparable")
+                             f"{diff:.3g} (> {atol}): aborting, the numbers would not be comparable")
     return worst
 
 
@@ -259,6 +268,37 @@ def run_load(system: str, make_call: Callable[[int], Callable[[], None]], batch:
         print(f"serving_load: {system} B={batch} C={concurrency}: {sum(errors)} failed requests, first: "
               f"{first_error[0]}", file=sys.stderr)
     return Sample(lat, sum(errors), t1 - t0)
+
+
+def _pin(cpus: list[int] | None) -> None:
+    """Pins the calling thread (and the threads and processes it starts later) to `cpus`."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+def _client_task(port: int, specs: list[dict], outs: list[dict], golden: dict[str, np.ndarray], batch: int,
+                 threads: int, warmup: float, duration: float) -> tuple[list[float], int, float]:
+    """One client process's share of a cell (runs in a --client-procs worker)."""
+    sample = run_load("client", grpc_calls(port, specs, outs, golden, batch), batch, threads, warmup, duration)
+    return sample.latencies.tolist(), sample.errors, sample.seconds
+
+
+def run_load_procs(pool_, system: str, port: int, specs, outs, golden, batch: int, concurrency: int,
+                   warmup: float, duration: float) -> Sample:
+    """run_load over the worker processes of `pool_`: the C threads are split as evenly as they go."""
+    procs = min(pool_._max_workers, concurrency)
+    shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    jobs = [pool_.submit(_client_task, port, specs, outs, golden, batch, n, warmup, duration) for n in shares]
+    lat, errors, seconds = [], 0, []
+    for job in jobs:
+        try:
+            got, err, secs = job.result(timeout=warmup + duration + 120)
+        except Fail as exc:
+            raise Fail(f"{system}: {exc}") from None
+        lat += got
+        errors += err
+        seconds.append(secs)
+    return Sample(np.array(lat), errors, float(np.mean(seconds)))
 
 
 def grpc_calls(port: int, specs: list[dict], outs: list[dict], golden: dict[str, np.ndarray], batch: int):
@@ -386,13 +426,17 @@ def start_ours(args, workdir: Path) -> tuple[subprocess.Popen, int, Path]:
     log = workdir / "ours.log"
     env = thread_env(args.torch_threads)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    cmd = [sys.executable, "-S", "-m", "ml.serving.server", "--bundle", str(args.bundle), "--host", HOST,
-           "--port", "0", "--metrics-port", "-1", "--workers", str(args.server_threads), "--drain-seconds", "2",
-           "--instances", str(args.instances), "--torch-threads", str(args.torch_threads)]
+    cmd = [sys.executable, *(["-S"] if sys.flags.no_site else []), "-m", "ml.serving.server", "--bundle",
+           str(args.bundle), "--host", HOST, "--port", "0", "--metrics-port", "-1", "--workers",
+           str(args.server_threads), "--drain-seconds", "2", "--instances", str(args.instances), "--torch-threads",
+           str(args.torch_threads), "--device", args.device]
+    if args.atol != ATOL:
+        cmd += ["--golden-atol", str(args.atol)]
     if args.max_queue_delay_us is not None:
         cmd += ["--max-queue-delay-us", str(args.max_queue_delay_us)]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=lambda: _pin(args.server_cpus))
     deadline = time.monotonic() + args.start_timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -452,10 +496,10 @@ def start_kserve(args, workdir: Path, specs: list[dict], outs: list[dict]) -> tu
            "--model_path", str(args.bundle / "model" / "model.pt"),
            "--inputs", ",".join(s["name"] for s in specs), "--outputs", ",".join(o["name"] for o in outs),
            "--torch_threads", str(args.torch_threads), "--grpc_port", str(grpc_port), "--http_port", str(http_port),
-           "--max_threads", str(args.server_threads), "--enable_latency_logging", "false"]
+           "--max_threads", str(args.server_threads), "--enable_latency_logging", "false", "--device", args.device]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=workdir)
+                                cwd=workdir, preexec_fn=lambda: _pin(args.server_cpus))
     try:
         wait_ready(proc, log, grpc_port, "kserve's model server", args.start_timeout)
     except BaseException:
@@ -508,6 +552,34 @@ def report(cells: list[Cell], args, notes: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def fmt_cpus(cpus: list[int] | None) -> str:
+    return "all" if not cpus else ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in _runs(cpus))
+
+
+def _runs(cpus: list[int]) -> list[tuple[int, int]]:
+    runs: list[list[int]] = []
+    for c in cpus:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return [(a, b) for a, b in runs]
+
+
+def parse_cpus(text: str) -> list[int]:
+    """'0-3,8' -> [0, 1, 2, 3, 8]"""
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want cores like 0-3,8, got {text!r}") from None
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"want cores like 0-3,8, got {text!r}")
+    return sorted(set(cpus))
+
+
 def parse_list(text: str) -> list[int]:
     values = [int(v) for v in text.split(",") if v.strip()]
     if not values or min(values) < 1:
@@ -546,7 +618,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds a server may take to become ready")
     parser.add_argument("--workdir", type=Path, default=SCRATCH, help=f"scratch folder (default {SCRATCH})")
     parser.add_argument("--json", type=Path, help="also write the raw cells here")
+    parser.add_argument("--device", default="cpu", help="where every system runs the model: cpu (default) or cuda[:N]")
+    parser.add_argument("--atol", type=float, default=ATOL,
+                        help=f"golden tolerance for every system (default {ATOL}; a GPU's kernels round differently "
+                             f"from the CPU that wrote the golden outputs)")
+    parser.add_argument("--server-cpus", type=parse_cpus, default=None,
+                        help="cores for the servers and the in-process calls, e.g. 0-3 (default: all)")
+    parser.add_argument("--client-cpus", type=parse_cpus, default=None,
+                        help="cores for the load generator, e.g. 4-15 (default: all)")
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="processes the client threads are spread over (default 1: threads of this process)")
     args = parser.parse_args(argv)
+    if args.client_procs < 1:
+        parser.error(f"--client-procs {args.client_procs}: give at least 1")
+    usable = os.sched_getaffinity(0)
+    for flag, cpus in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
+        if cpus and not set(cpus) <= usable:
+            parser.error(f"{flag}: cores {sorted(set(cpus) - usable)} are not usable here "
+                         f"(this process may use {min(usable)}-{max(usable)}, {len(usable)} cores)")
 
     import torch
 
@@ -576,8 +665,9 @@ def main(argv: list[str] | None = None) -> int:
         except Fail as exc:
             raise SystemExit(f"serving_load: {exc}") from None
         procs.append(proc)
-        notes["ours_golden"] = f"{check_outputs('ours', grpc_golden(port, specs, outs, golden), golden, outs):.1e}"
+        notes["ours_golden"] = f"{check_outputs('ours', grpc_golden(port, specs, outs, golden), golden, outs, args.atol):.1e}"
         systems["ours"] = lambda b, port=port: grpc_calls(port, specs, outs, golden, b)
+        ports = {"ours": port}
 
         # (b) kserve, in its own venv and process
         if args.skip_kserve:
@@ -588,19 +678,21 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(proc)
                 notes["kserve_version"] = (args.kserve_venv / ".mlenv-bench").read_text().splitlines()[1]
                 got = grpc_golden(port, specs, outs, golden)
-                notes["kserve_golden"] = f"{check_outputs('kserve', got, golden, outs):.1e}"
+                notes["kserve_golden"] = f"{check_outputs('kserve', got, golden, outs, args.atol):.1e}"
                 systems["kserve"] = lambda b, port=port: grpc_calls(port, specs, outs, golden, b)
+                ports["kserve"] = port
             except (Fail, subprocess.SubprocessError, OSError) as exc:
                 notes["kserve_skipped"] = str(exc)
                 print(f"serving_load: kserve not measured: {exc}", file=sys.stderr, flush=True)
 
         # (c) in-process
-        module = torch.jit.load(str(args.bundle / manifest["artifact"]), map_location="cpu")
+        device = torch.device(args.device)
+        module = torch.jit.load(str(args.bundle / manifest["artifact"]), map_location=device)
         module.eval()
         with torch.inference_mode():
-            got = module(*(torch.from_numpy(golden["input." + s["name"]]) for s in specs))
+            got = module(*(torch.from_numpy(golden["input." + s["name"]]).to(device) for s in specs))
         got = got if isinstance(got, (tuple, list)) else (got,)
-        notes["inproc_golden"] = f"{check_outputs('in-process', [t.numpy() for t in got], golden, outs):.1e}"
+        notes["inproc_golden"] = f"{check_outputs('in-process', [t.cpu().numpy() for t in got], golden, outs, args.atol):.1e}"
 
         def inproc_calls(batch: int):
             arrays = request_rows(specs, golden, batch)
@@ -608,8 +700,8 @@ def main(argv: list[str] | None = None) -> int:
             def make_call(_: int) -> Callable[[], None]:
                 def call() -> None:
                     with torch.inference_mode():
-                        out = module(*(torch.from_numpy(a) for a in arrays))
-                    [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+                        out = module(*(torch.from_numpy(a).to(device) for a in arrays))
+                    [t.cpu().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
                 return call
 
@@ -618,14 +710,31 @@ def main(argv: list[str] | None = None) -> int:
         systems["in-process"] = inproc_calls
 
         # The systems take turns cell by cell (idle servers wait), so drift on the machine hits all of them.
-        watch = CpuWatch([p.pid for p in procs])
+        _pin(args.client_cpus)
+        if args.client_procs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            client_pool = ProcessPoolExecutor(args.client_procs, mp_context=multiprocessing.get_context("spawn"),
+                                              initializer=_pin, initargs=(args.client_cpus,))
+            list(client_pool.map(abs, range(args.client_procs)))  # start them now, not inside a measured cell
+            procs_to_watch = [p.pid for p in procs] + list(client_pool._processes)
+        else:
+            client_pool, procs_to_watch = None, [p.pid for p in procs]
+        watch = CpuWatch(procs_to_watch)
         samples: dict[tuple[str, int, int], list[Sample]] = {}
         for round_ in range(args.rounds):
             for batch in args.batch:
                 for conc in args.concurrency:
                     for system, make_calls in systems.items():
                         try:
-                            sample = run_load(system, make_calls(batch), batch, conc, args.warmup, args.duration)
+                            if system in ports and client_pool is not None:
+                                sample = run_load_procs(client_pool, system, ports[system], specs, outs, golden,
+                                                        batch, conc, args.warmup, args.duration)
+                            else:
+                                # In-process calls run on the servers' cores; gRPC clients on the client's.
+                                _pin(args.server_cpus if system == "in-process" else args.client_cpus)
+                                sample = run_load(system, make_calls(batch), batch, conc, args.warmup, args.duration)
                         except Fail as exc:
                             raise SystemExit(f"serving_load: {exc}") from None
                         samples.setdefault((system, batch, conc), []).append(sample)
@@ -637,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in procs:
             stop_process(proc)
+        if "client_pool" in locals() and client_pool is not None:
+            client_pool.shutdown(cancel_futures=True)
     cells = [pool(system, b, c, s) for (system, b, c), s in samples.items()]
 
     cpu = platform.processor() or platform.machine()
@@ -646,8 +757,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, StopIteration):
         pass
     print(f"### Serving load: homefeed bundle (`{args.bundle.name}`, version {manifest.get('version')})\n")
-    print(f"- machine: {os.cpu_count()} cores ({cpu}); load generator and server share them "
-          f"(the client's gRPC and serialization work competes with the server for the same cores)")
+    if args.server_cpus or args.client_cpus:
+        print(f"- machine: {os.cpu_count()} cores ({cpu}); servers and in-process calls pinned to cores "
+              f"{fmt_cpus(args.server_cpus)}, the load generator to cores {fmt_cpus(args.client_cpus)}")
+    else:
+        print(f"- machine: {os.cpu_count()} cores ({cpu}); load generator and server share them "
+              f"(the client's gRPC and serialization work competes with the server for the same cores)")
+    if args.device != "cpu":
+        print(f"- device: every system runs the model on {args.device} ({torch.cuda.get_device_name(args.device)}); "
+              f"golden tolerance {args.atol:g}")
+    if args.client_procs > 1:
+        print(f"- client: the C threads spread over {args.client_procs} processes (so the client's GIL does not "
+              f"cap the load)")
     print(f"- load: closed loop, concurrency {args.concurrency} threads (each its own tritonclient.grpc "
           f"{metadata.version('tritonclient')} client; in-process: plain threads), B rows per request from "
           f"golden.npz (tiled); {args.warmup:g} s warm-up + {args.duration:g} s measured per cell and round, "
