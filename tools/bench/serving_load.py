@@ -326,6 +326,25 @@ def grpc_calls(port: int, specs: list[dict], outs: list[dict], golden: dict[str,
     return make_call
 
 
+def empty_rpc_ms(port: int, calls: int = 2000) -> float:
+    """Median round trip of an empty RPC (ServerLive) from one tritonclient: what any gRPC server costs a
+    request before it does any work."""
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(f"{HOST}:{port}")
+    try:
+        for _ in range(200):
+            client.is_server_live()
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            client.is_server_live()
+            times.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    return float(np.median(times)) * 1e3
+
+
 def grpc_golden(port: int, specs: list[dict], outs: list[dict], golden: dict[str, np.ndarray]) -> list[np.ndarray]:
     import tritonclient.grpc as tc
 
@@ -489,13 +508,13 @@ def start_kserve(args, workdir: Path, specs: list[dict], outs: list[dict]) -> tu
     grpc_port, http_port = free_port(), free_port()
     while http_port == grpc_port:
         http_port = free_port()
-    env = thread_env(args.torch_threads)
+    env = thread_env(args.kserve_torch_threads)
     env.pop("PYTHONPATH", None)  # the venv's own packages only: nothing of ours, no tritonclient
     env["PYTHONNOUSERSITE"] = "1"
     cmd = [str(python), str(launcher), "--model_name", MODEL_NAME,
            "--model_path", str(args.bundle / "model" / "model.pt"),
            "--inputs", ",".join(s["name"] for s in specs), "--outputs", ",".join(o["name"] for o in outs),
-           "--torch_threads", str(args.torch_threads), "--grpc_port", str(grpc_port), "--http_port", str(http_port),
+           "--torch_threads", str(args.kserve_torch_threads), "--grpc_port", str(grpc_port), "--http_port", str(http_port),
            "--max_threads", str(args.server_threads), "--enable_latency_logging", "false", "--device", args.device]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -549,6 +568,23 @@ def report(cells: list[Cell], args, notes: dict[str, str]) -> str:
             vs_c = f"{100 * a.req_s / c.req_s:.0f}% {'✓' if a.req_s >= 0.5 * c.req_s else '✗'}" if c else "n/a"
             lines.append(f"| {batch} | {conc} | {vs_k} | {p99} | {vs_c} |")
     lines.append("")
+    floor = float(notes.get("rpc_floor_ms", "nan"))
+    if 1 in args.concurrency and floor == floor:
+        lines += [f"**The C = 1 ceiling.** One client thread sends one request at a time, so nothing can be "
+                  f"batched and req/s = 1 / latency. An empty tritonclient round trip (ServerLive) to our server "
+                  f"took {floor:.3f} ms (median); no gRPC server can answer faster than that round trip plus the "
+                  f"model call itself (the in-process p50):", "",
+                  "| B | empty RPC + model ms | ceiling req/s | kserve req/s | 2× kserve needs | ours req/s |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for batch in args.batch:
+            a, b, c = (by.get((s, batch, 1)) for s in ("ours", "kserve", "in-process"))
+            if c is None or a is None:
+                continue
+            limit = floor + c.p50_ms
+            need = f"{2 * b.req_s:,.0f} req/s{' (above the ceiling)' if 2 * b.req_s > 1e3 / limit else ''}" if b else "n/a"
+            lines.append(f"| {batch} | {limit:.3f} | {1e3 / limit:,.0f} | {fmt(b.req_s) if b else 'n/a'} | {need} | "
+                         f"{fmt(a.req_s)} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -628,7 +664,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="cores for the load generator, e.g. 4-15 (default: all)")
     parser.add_argument("--client-procs", type=int, default=1,
                         help="processes the client threads are spread over (default 1: threads of this process)")
+    parser.add_argument("--kserve-torch-threads", type=int, default=None,
+                        help="torch intra-op threads for kserve (default: --torch-threads); kserve runs one predict "
+                             "at a time, so on several cores its best setting is intra-op threads")
     args = parser.parse_args(argv)
+    args.kserve_torch_threads = args.kserve_torch_threads or args.torch_threads
     if args.client_procs < 1:
         parser.error(f"--client-procs {args.client_procs}: give at least 1")
     usable = os.sched_getaffinity(0)
@@ -668,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
         notes["ours_golden"] = f"{check_outputs('ours', grpc_golden(port, specs, outs, golden), golden, outs, args.atol):.1e}"
         systems["ours"] = lambda b, port=port: grpc_calls(port, specs, outs, golden, b)
         ports = {"ours": port}
+        _pin(args.client_cpus)
+        notes["rpc_floor_ms"] = f"{empty_rpc_ms(port):.3f}"
 
         # (b) kserve, in its own venv and process
         if args.skip_kserve:
@@ -776,8 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     if others is not None:
         print(f"- CPU used by everything but this benchmark and its servers while it measured: {others:.2f} cores "
               f"on average (kernel work included; well above ~0.05 means a busy machine: trust ratios over absolutes)")
-    print(f"- torch {torch.__version__}: torch.set_num_threads({args.torch_threads}) in every system "
-          f"(servers via OMP_NUM_THREADS/MKL_NUM_THREADS={args.torch_threads}); gRPC handler threads "
+    kserve_threads = ("" if args.kserve_torch_threads == args.torch_threads else
+                      f", except kserve: {args.kserve_torch_threads} (its one predict at a time may use them all)")
+    print(f"- torch {torch.__version__}: torch.set_num_threads({args.torch_threads}) in every system{kserve_threads} "
+          f"(servers via OMP_NUM_THREADS/MKL_NUM_THREADS); gRPC handler threads "
           f"{args.server_threads} (ours --workers, kserve --max_threads)")
     print(f"- (a) ours: dynamic batching, max_batch_size {serving.get('max_batch_size')}, max_queue_delay_us {delay} "
           f"(an upper bound: idle instances take what is queued at once), {args.instances} model instance(s); "
