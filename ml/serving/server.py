@@ -57,6 +57,7 @@ __all__ = ["InferenceServer", "ModelRepository", "main"]
 
 log = logging.getLogger("mlenv.serving")
 SERVER_NAME = "mlenv"
+UNKNOWN_MODEL_LABEL = "_unknown"  # the metrics' model label for requests that named no loaded model
 SERVER_VERSION = "1"
 
 # Open Inference Protocol datatype <-> numpy
@@ -643,8 +644,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 model.count(code)
                 model.latency.observe(time.perf_counter() - start)
             else:
-                self.metrics.requests.labels(request.model_name, request.model_version or "latest", code.name).inc()
-                self.metrics.latency.labels(request.model_name).observe(time.perf_counter() - start)
+                # Names a client made up never become label values: one series each would let any client
+                # grow the metrics without bound. Requests that found no model share one series.
+                self.metrics.requests.labels(UNKNOWN_MODEL_LABEL, "", code.name).inc()
+                self.metrics.latency.labels(UNKNOWN_MODEL_LABEL).observe(time.perf_counter() - start)
 
 
 @dataclass

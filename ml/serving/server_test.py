@@ -127,6 +127,17 @@ def test_bad_requests_get_the_right_status_and_the_next_request_succeeds(served,
     assert ok.as_numpy("score").shape == (5,)
 
 
+def test_made_up_model_names_do_not_become_metric_series(served):
+    srv, client, _ = served
+    ids, dense = rows()
+    for i in range(20):
+        with pytest.raises(InferenceServerException):
+            client.infer(f"made-up-{i}", inputs_for(ids, dense))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics").read().decode()
+    assert "made-up" not in text
+    assert 'mlenv_inference_requests_total{code="NOT_FOUND",model="_unknown",version=""} 20.0' in text
+
+
 def test_typed_contents_are_accepted(served):
     """Clients that send InferTensorContents instead of raw bytes (KServe's typed form)."""
     srv, _, _ = served
