@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as triton
+from tritonclient.grpc import model_config_pb2
 
 from ml.serving import server
 from ml.serving.testing import TinyRanker, make_bundle
@@ -50,6 +51,12 @@ def test_the_model_lives_on_the_device(served):
     model = served.repository.get("tiny")
     assert served.repository.device.type == torch.device(DEVICE).type
     assert {p.device.type for p in model.module.parameters()} == {torch.device(DEVICE).type}
+    with triton.InferenceServerClient(f"127.0.0.1:{served.port}") as client:
+        [group] = client.get_model_config("tiny").config.instance_group
+    kind = "KIND_GPU" if torch.device(DEVICE).type == "cuda" else "KIND_CPU"
+    assert group.kind == model_config_pb2.ModelInstanceGroup.Kind.Value(kind)
+    assert group.count == served.repository.get("tiny").batcher.instances
+    assert list(group.gpus) == ([served.repository.device.index] if kind == "KIND_GPU" else [])
 
 
 def test_concurrent_requests_batch_on_the_device_and_each_gets_its_own_rows(served):

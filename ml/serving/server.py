@@ -557,6 +557,18 @@ def _encode_outputs(request: pb.ModelInferRequest, model: LoadedModel, outputs: 
                                  outputs=tensors, raw_output_contents=contents)
 
 
+def instance_group(model: LoadedModel) -> pb.ModelInstanceGroup:
+    """The model's instances as Triton's ModelConfig describes them: how many, on which device."""
+    device = model.batcher.device
+    group = pb.ModelInstanceGroup(name=f"{model.bundle.name}_{model.bundle.version}", count=model.batcher.instances)
+    if device.type == "cuda":
+        group.kind = pb.ModelInstanceGroup.KIND_GPU
+        group.gpus.append(device.index or 0)
+    else:
+        group.kind = pb.ModelInstanceGroup.KIND_CPU
+    return group
+
+
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repository: ModelRepository, metrics: Metrics) -> None:
         self.repository, self.metrics = repository, metrics
@@ -609,6 +621,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                    for t in model.inputs],
             output=[pb.ModelOutput(name=t["name"], data_type=CONFIG_TYPES[TORCH_TO_OIP[t["dtype"]]], dims=dims(t))
                     for t in model.outputs],
+            instance_group=[instance_group(model)],
             dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=int(model.batcher.max_delay * 1e6)))
         return pb.ModelConfigResponse(config=config)
 

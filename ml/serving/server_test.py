@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as triton
+from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from ml.serving import bundle, server
@@ -67,6 +68,9 @@ def test_health_and_metadata(served):
     config = client.get_model_config("tiny").config
     assert config.max_batch_size == 64 and list(config.input[0].dims) == [4]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    # Parsed by tritonclient's own model_config_pb2: our field numbers must be Triton's.
+    [group] = config.instance_group
+    assert (group.kind, group.count, list(group.gpus)) == (model_config_pb2.ModelInstanceGroup.KIND_CPU, 1, [])
 
 
 def test_infer_raw_contents_versions_and_models(served):
