@@ -25,11 +25,15 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "load_model", "verify", "write_bundle"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "load_model", "resolve_device", "verify",
+           "write_bundle"]
 
 FORMAT = "mlenv.bundle/1"
 MODEL_DIR = "model"
@@ -155,6 +159,31 @@ def load_model(bundle: Bundle, device: str = "cpu"):
     if fmt == "torch_export":
         return torch.export.load(str(artifact)).module().to(device)
     raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The torch device `spec` names, checked now: a server or check must not start on a device it cannot use.
+    ValueError says what is wrong and what to do."""
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = torch.version.cuda or "none: a CPU-only build"
+            raise ValueError(f"--device {spec}: torch {torch.__version__} sees no CUDA device (CUDA in this build: "
+                             f"{built}); use --device cpu, or run on a GPU machine with the CUDA environment "
+                             f"(tools/bazel run --config=cuda ...)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise ValueError(f"--device {spec}: the server runs models on cpu or cuda[:N], not {device.type}")
+    return device
 
 
 def golden_arrays(bundle: Bundle) -> tuple[list[np.ndarray], list[np.ndarray]]:

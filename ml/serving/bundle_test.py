@@ -103,10 +103,14 @@ def test_weights_from_an_mlflow_run_pinned_by_digest(export, tmp_path, monkeypat
     assert "needs --mlflow-sha256" in capsys.readouterr().err
 
 
-def test_check_cli_passes_and_fails(export, tmp_path):
+def test_check_cli_passes_and_fails(export, tmp_path, capsys):
     from ml.serving import check_bundle
 
     out = build(export, tmp_path / "b")
     assert check_bundle.main([str(out)]) == 0
+    assert check_bundle.main([str(out), "--device", "cpu", "--golden-atol", "0"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        check_bundle.main([str(out), "--device", "tpu"])
+    assert exit_.value.code == 2 and "--device 'tpu' is not a device torch knows" in capsys.readouterr().err
     (out / "model/model.pt").write_bytes(b"not a model")
     assert check_bundle.main([str(out)]) == 1

@@ -1,7 +1,12 @@
-"""`bazel run //<pkg>:<bundle>.check`: verify a bundle's hashes and signature, and replay its golden batch."""
+"""`bazel run //<pkg>:<bundle>.check`: verify a bundle's hashes and signature, and replay its golden batch.
+
+    tools/bazel run //ml/homefeed:bundle.check                      # on CPU
+    tools/bazel run --config=cuda //ml/homefeed:bundle.check -- --device cuda --golden-atol 1e-4
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -10,13 +15,19 @@ from ml.serving import bundle
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: check_bundle <bundle folder>", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="check_bundle", description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path, help="the bundle folder")
+    parser.add_argument("--device", default="cpu", help="replay the golden batch on this device (cpu, cuda, cuda:N)")
+    parser.add_argument("--golden-atol", type=float, help="tolerance overriding the bundle's (other devices round "
+                                                          "differently from the CPU that wrote the golden outputs)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        b = bundle.verify(Path(args[0]))
-        worst = bundle.check_golden(b)
+        device = str(bundle.resolve_device(args.device))
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        b = bundle.verify(args.bundle)
+        worst = bundle.check_golden(b, device=device, atol=args.golden_atol)
     except bundle.BundleError as exc:
         print(f"bundle check FAILED: {exc}", file=sys.stderr)
         return 1
@@ -25,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  files:   {len(b.manifest['files'])} verified (sha256)\n"
           f"  inputs:  {', '.join(t['name'] + ':' + t['dtype'] + str(t['shape']) for t in sig['inputs'])}\n"
           f"  outputs: {', '.join(t['name'] + ':' + t['dtype'] + str(t['shape']) for t in sig['outputs'])}\n"
-          f"  golden:  max |diff| {worst:.3g} (tolerance {b.manifest['golden']['atol']})\n"
+          f"  golden:  max |diff| {worst:.3g} on {device} (tolerance "
+          f"{b.manifest['golden']['atol'] if args.golden_atol is None else args.golden_atol})\n"
           f"  built by {b.manifest['built_by']} at commit {b.manifest['git_commit']}, lock {b.manifest['lock_digest']}\n"
           f"  mlflow:  {json.dumps(b.manifest.get('mlflow', {}), sort_keys=True)}")
     return 0

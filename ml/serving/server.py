@@ -331,28 +331,6 @@ class LoadedModel:
         counter.inc()
 
 
-def resolve_device(spec: str) -> torch.device:
-    """The torch device to serve on, checked now: a server must not start on a device it cannot use."""
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"--device {spec!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = torch.version.cuda or "none: a CPU-only build"
-            raise ValueError(f"--device {spec}: torch {torch.__version__} sees no CUDA device (CUDA in this build: "
-                             f"{built}); serve with --device cpu, or on a GPU machine with the CUDA environment "
-                             f"(tools/bazel run --config=cuda ...)")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise ValueError(f"--device {spec}: the server runs models on cpu or cuda[:N], not {device.type}")
-    return device
-
-
 def _version_key(version: str) -> tuple:
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
@@ -365,7 +343,7 @@ class ModelRepository:
                  golden_atol: float | None = None) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1 (model threads per version), got {instances}")
-        self.device = resolve_device(device)
+        self.device = bundles.resolve_device(device)
         self.golden_atol = golden_atol
         self.metrics = metrics
         self.keep_versions = keep_versions
