@@ -14,7 +14,10 @@
   bundle's max_batch_size rows. max_queue_delay_us only bounds how long a batch waits for requests that
   are already being decoded. `--instances N` model threads per version share the queue (default 1);
   `--torch-threads` sets torch's intra-op threads per instance (default $OMP_NUM_THREADS, else
-  cores / instances), so N x threads should not exceed the cores the server may use.
+  cores / instances), so N x threads should not exceed the cores the server may use. Which N is best
+  depends on the requests (docs/benchmarks.md, 4 cores, homefeed): small ones batch best on 1 instance
+  (B=1, 8 clients: 1,920 req/s with 1, 1,261 with 4); large ones gain from more (B=32: 337 with 1, 780 with
+  4, 828 with 2 x 2 threads). On a GPU, 1 instance already batched 8-32 clients into 2.5-4x kserve.
 - Bad input never takes the server down: unknown model/version -> NOT_FOUND; wrong tensor names, dtypes,
   shapes or byte sizes -> INVALID_ARGUMENT with a message naming the tensor; oversize messages ->
   RESOURCE_EXHAUSTED (gRPC's own limit, --max-message-bytes). A tampered bundle is refused at load.
