@@ -15,28 +15,9 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import model_config_pb2
 
 from ml.serving import server
-from ml.serving.testing import TinyRanker, make_bundle
+from ml.serving.testing import expected, inputs_for, make_bundle, rows
 
 DEVICE = os.environ.get("MLENV_TEST_DEVICE", "cuda")
-
-
-def inputs_for(ids, dense):
-    a = triton.InferInput("ids", list(ids.shape), "INT64")
-    a.set_data_from_numpy(ids)
-    b = triton.InferInput("dense", list(dense.shape), "FP32")
-    b.set_data_from_numpy(dense)
-    return [a, b]
-
-
-def rows(n, seed):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 50, (n, 4)).astype(np.int64), rng.normal(size=(n, 3)).astype(np.float32)
-
-
-def expected(ids, dense):
-    with torch.no_grad():
-        score, prob = TinyRanker()(torch.from_numpy(ids), torch.from_numpy(dense))
-    return score.numpy(), prob.numpy()
 
 
 @pytest.fixture(params=[1, 2], ids=["1-instance", "2-instances"])

@@ -16,26 +16,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from ml.serving import bundle, server
-from ml.serving.testing import TinyRanker, make_bundle
-
-
-def inputs_for(ids: np.ndarray, dense: np.ndarray, *, ids_name="ids", ids_type="INT64", dense_type="FP32"):
-    a = triton.InferInput(ids_name, list(ids.shape), ids_type)
-    a.set_data_from_numpy(ids)
-    b = triton.InferInput("dense", list(dense.shape), dense_type)
-    b.set_data_from_numpy(dense)
-    return [a, b]
-
-
-def rows(n=5, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 50, (n, 4)).astype(np.int64), rng.normal(size=(n, 3)).astype(np.float32)
-
-
-def expected(ids, dense, bias=0.0):
-    with torch.no_grad():
-        score, prob = TinyRanker(bias)(torch.from_numpy(ids), torch.from_numpy(dense))
-    return score.numpy(), prob.numpy()
+from ml.serving.testing import expected, inputs_for, make_bundle, rows
 
 
 @pytest.fixture

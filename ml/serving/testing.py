@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ml.engine.export import export_model
@@ -58,3 +59,28 @@ def make_bundle(root: Path, *, name: str = "tiny", version: str = "1", bias: flo
     return bundle.write_bundle(export, root / name / version, name=name, version=version, label="//test:tiny",
                                lock_digest="sha256:test", git_commit="test", max_batch_size=max_batch_size,
                                max_queue_delay_us=max_queue_delay_us)
+
+
+def rows(n: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n random request rows for TinyRanker: ids int64 [n, 4], dense float32 [n, 3]."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 50, (n, 4)).astype(np.int64), rng.normal(size=(n, 3)).astype(np.float32)
+
+
+def expected(ids: np.ndarray, dense: np.ndarray, bias: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """TinyRanker's (score, prob) for these rows, computed in this process on CPU."""
+    with torch.no_grad():
+        score, prob = TinyRanker(bias)(torch.from_numpy(ids), torch.from_numpy(dense))
+    return score.numpy(), prob.numpy()
+
+
+def inputs_for(ids: np.ndarray, dense: np.ndarray, *, ids_name: str = "ids", ids_type: str = "INT64",
+               dense_type: str = "FP32") -> list:
+    """tritonclient.grpc InferInputs for TinyRanker (names and types overridable, to send wrong ones)."""
+    import tritonclient.grpc as triton  # only the server tests have it
+
+    a = triton.InferInput(ids_name, list(ids.shape), ids_type)
+    a.set_data_from_numpy(ids)
+    b = triton.InferInput("dense", list(dense.shape), dense_type)
+    b.set_data_from_numpy(dense)
+    return [a, b]
