@@ -101,6 +101,19 @@ def _env_int(name: str, default: int) -> int:
                           f"environment (torchrun / Ray Train set it)") from None
 
 
+def _ray_train_ranks() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from Ray Train's context when this process is a Ray Train worker that
+    did not export the torchrun variables; None otherwise. Never imports ray itself."""
+    ray_train = sys.modules.get("ray.train")
+    if ray_train is None:
+        return None
+    try:
+        ctx = ray_train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+    except Exception:  # noqa: BLE001 - not inside a Ray Train worker
+        return None
+
+
 class Run:
     """One training run seen from one rank. Create it with `start()`."""
 
@@ -111,9 +124,15 @@ class Run:
         self.config = config
         self.project = project
         self.dir = Path(config.run_dir)
-        self.rank = _env_int("RANK", 0) if rank is None else rank
-        self.world_size = _env_int("WORLD_SIZE", 1) if world_size is None else world_size
-        self.local_rank = _env_int("LOCAL_RANK", self.rank)
+        ray_ranks = _ray_train_ranks() if "RANK" not in os.environ else None
+        if ray_ranks is not None:
+            self.rank, self.world_size, self.local_rank = ray_ranks
+        else:
+            self.rank = _env_int("RANK", 0)
+            self.world_size = _env_int("WORLD_SIZE", 1)
+            self.local_rank = _env_int("LOCAL_RANK", self.rank)
+        self.rank = self.rank if rank is None else rank
+        self.world_size = self.world_size if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise EngineError(f"rank {self.rank} is outside world size {self.world_size}; fix RANK/WORLD_SIZE")
         self.config_dict = config_to_dict(config)

@@ -27,7 +27,6 @@ the fix.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +46,9 @@ __all__ = ["TorchRun"]
 STRATEGIES = ("ddp", "fsdp")
 
 
-def _reuse_group(device: str) -> distributed.DistContext:
+def _reuse_group(device: str, local_rank: int) -> distributed.DistContext:
     """A DistContext for a process group someone else (Ray Train) already initialised."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
     selected = distributed._select_device(device, local_rank)
     return distributed.DistContext(rank, local_rank, world, selected, dist.get_backend())
 
@@ -69,7 +67,7 @@ class TorchRun:
                               "or more (or torchrun), or --strategy ddp for a single process")
         self._owns_group = not (dist.is_available() and dist.is_initialized())
         self.ctx = distributed.init(getattr(config, "device", "auto")) if self._owns_group else \
-            _reuse_group(getattr(config, "device", "auto"))
+            _reuse_group(getattr(config, "device", "auto"), run.local_rank)
         if self.ctx.world_size != run.world_size:
             raise ConfigError(f"the process group has {self.ctx.world_size} ranks but the environment says "
                               f"WORLD_SIZE={run.world_size}; launch with torchrun, --nproc or Ray Train, not a mix")
@@ -131,9 +129,33 @@ class TorchRun:
     def autocast(self):
         return self.precision.autocast()
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters,
-                          grad_clip: float | None) -> torch.Tensor | None:
-        return self.precision.backward_and_step(loss, optimizer, parameters, grad_clip)
+    def backward_and_step(self, loss: torch.Tensor, optimizers, parameters, grad_clip: float | None) -> torch.Tensor | None:
+        """Backward (scaled under fp16), optional clipping of the global gradient norm over `parameters`, then a
+        step of every optimizer (one, or a list: e.g. dense layers and embedding tables) and zero_grad."""
+        opts = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+        if len(opts) == 1:
+            return self.precision.backward_and_step(loss, opts[0], parameters, grad_clip)
+        scaler = self.precision.scaler
+        norm = None
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_clip is not None:
+                for opt in opts:
+                    scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+        for opt in opts:
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
+        if scaler is not None:
+            scaler.update()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        return norm
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         return self.ctx.all_reduce_mean(value)
