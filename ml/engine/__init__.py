@@ -1,7 +1,11 @@
-"""mlenv's engine runtime: the library every project's trainer (and later server) imports.
+"""mlenv's engine: the services every project's training loop uses, in two layers.
 
-Modules: config (dataclass -> flags), trainer (the loop and `run`), tracking (MLflow + local fallback),
-checkpoint (atomic, exact resume), precision (fp32/bf16/fp16), distributed (DDP launch and init),
-export (TorchScript / torch.export + signature + golden batch), metrics, progress, errors.
-No project-specific code lives here.
+Framework-neutral core (target //ml/engine:core; imports neither torch nor TensorFlow): run (the run object a
+loop opens: run folder, rank rules, tracking, TensorBoard, progress, SIGTERM -> should_stop, checkpoint
+folders, results), config (dataclass -> flags), checkpoint (atomic checkpoint folders, config digest),
+tracking (MLflow + local fallback), tensorboard, progress, metrics, errors.
+
+PyTorch (target //ml/engine): torch/ (the adapter: process group, DDP / FSDP2, precision, checkpoint state,
+export), trainer (the ready-made `Task` loop, a client of the adapter), distributed (launch and process group
+init), precision, export. No project-specific code lives here.
 """

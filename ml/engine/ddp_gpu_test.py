@@ -21,9 +21,10 @@ def run_toy(*argv):
 
 
 def final_params(run_dir):
-    from ml.engine import checkpoint as ckpt
+    from ml.engine.torch.state import load_model_state
 
-    return torch.load(ckpt.latest_checkpoint(Path(run_dir) / "checkpoints"), weights_only=True)["model"]
+    folder = Path(run_dir) / "checkpoints"
+    return load_model_state(folder / (folder / "latest").read_text().strip())
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):

@@ -23,9 +23,10 @@ def config(run_dir, *argv):
 
 
 def final_params(run_dir):
-    from ml.engine import checkpoint as ckpt
+    from ml.engine.torch.state import load_model_state
 
-    return torch.load(ckpt.latest_checkpoint(Path(run_dir) / "checkpoints"), weights_only=True)["model"]
+    folder = Path(run_dir) / "checkpoints"
+    return load_model_state(folder / (folder / "latest").read_text().strip())
 
 
 def test_amp_fp16_with_grad_scaler_trains_on_cuda(tmp_path):
@@ -35,7 +36,7 @@ def test_amp_fp16_with_grad_scaler_trains_on_cuda(tmp_path):
     assert torch.isfinite(torch.tensor(fp16.final_loss))
     assert fp16.eval_metrics["auc"] > 0.85
     assert abs(fp16.final_loss - fp32.final_loss) < 0.05, (fp16.final_loss, fp32.final_loss)
-    state = torch.load(fp16.checkpoint, weights_only=True)
+    state = torch.load(fp16.checkpoint / "state.pt", weights_only=True)
     assert state["scaler"] and state["scaler"]["scale"] > 0  # the scaler ran and was checkpointed
 
 
