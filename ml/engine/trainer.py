@@ -35,6 +35,7 @@ from ml.engine.errors import ConfigError, EngineError
 from ml.engine.export import ExportResult, export_model
 from ml.engine.precision import Precision
 from ml.engine.progress import ProgressReporter
+from ml.engine.redact import redact
 from ml.engine.tensorboard import ScalarWriter
 from ml.engine.tracking import Tracker, default_tracking_target, workspace_dir
 
@@ -264,7 +265,7 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
         tracker.log_artifact(run_dir / "config.json")
         writer = ScalarWriter(tensorboard_dir)
         print(f"mlenv: run {config.run_name} ({ctx.world_size} x {ctx.device}, {config.precision}, "
-              f"{total_steps} steps)\n  run dir:     {run_dir}\n  mlflow:      {target.tracking_uri} run {run_id}"
+              f"{total_steps} steps)\n  run dir:     {run_dir}\n  mlflow:      {redact(target.tracking_uri)} run {run_id}"
               f"\n  tensorboard: tensorboard --logdir {tensorboard_dir}"
               + (f"\n  resumed from {resumed_from} at step {position.global_step}" if resumed_from else ""),
               file=sys.stderr, flush=True)
@@ -390,10 +391,10 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
             # copies it, so retraining to the same weights gives the same bytes); result.json adds the run.
             (run_dir / "metrics.json").write_text(json.dumps(outcome, indent=2, sort_keys=True) + "\n")
             (run_dir / "result.json").write_text(json.dumps({
-                "run_id": tracker.run_id, "tracking_uri": target.tracking_uri, **outcome}, indent=2, sort_keys=True) + "\n")
+                "run_id": tracker.run_id, "tracking_uri": redact(target.tracking_uri), **outcome}, indent=2, sort_keys=True) + "\n")
             print(f"mlenv: done at step {step}: loss {last_loss:.4f}"
                   + "".join(f", {k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
-                  + f"\n  run dir:     {run_dir}\n  mlflow:      {target.tracking_uri} run {tracker.run_id}"
+                  + f"\n  run dir:     {run_dir}\n  mlflow:      {redact(target.tracking_uri)} run {tracker.run_id}"
                   + f"\n  tensorboard: {tensorboard_dir}"
                   + (f"\n  exported:    {export.folder} ({export.artifact.name})" if export else ""),
                   file=sys.stderr, flush=True)

@@ -18,7 +18,9 @@ import torch
 from ml.serving.metrics import Metrics
 from ml.serving.protocol import RequestError
 
-__all__ = ["DynamicBatcher"]
+__all__ = ["DEFAULT_QUEUED_BATCHES", "DynamicBatcher"]
+
+DEFAULT_QUEUED_BATCHES = 8  # default queue bound, in full batches per instance
 
 
 class _Pending:
@@ -53,10 +55,17 @@ class DynamicBatcher:
     """
 
     def __init__(self, name: str, model, max_batch_size: int, max_delay_s: float, metrics: Metrics,
-                 instances: int = 1, device: torch.device | None = None) -> None:
+                 instances: int = 1, device: torch.device | None = None, max_queued_rows: int | None = None) -> None:
         if instances < 1:
             raise ValueError(f"model {name}: instances must be at least 1, got {instances}")
         self.name, self.model, self.max_rows, self.max_delay = name, model, max_batch_size, max_delay_s
+        # Work waiting for a model thread is bounded: past this many queued rows a request is refused with
+        # RESOURCE_EXHAUSTED at once (the client backs off or goes elsewhere) instead of queueing memory and
+        # latency without end. The default lets every instance find a full batch waiting, several times over.
+        self.max_queued_rows = max_queued_rows or DEFAULT_QUEUED_BATCHES * max_batch_size * instances
+        if self.max_queued_rows < max_batch_size:
+            raise ValueError(f"model {name}: max_queued_rows {self.max_queued_rows} is below max_batch_size "
+                             f"{max_batch_size}: no full batch could ever queue; raise it")
         self.instances = instances
         self.device = device if device is not None else torch.device("cpu")
         self._on_cpu = self.device.type == "cpu"
@@ -94,10 +103,21 @@ class DynamicBatcher:
                 self._arriving -= 1
             elif self._closed:
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name} is unloading; retry")
+            if self._queue and self._rows + rows > self.max_queued_rows:
+                if reserved:
+                    self._cv.notify_all()  # one fewer arrival: waiting instances (or a close()) re-check
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"the queue of model {self.name} is full ({self._rows} rows waiting, bound "
+                                   f"{self.max_queued_rows}): the server is overloaded; retry with backoff")
             self._queue.append(item)
             self._rows += rows
             self._queue_gauge.set(len(self._queue))
-            self._cv.notify()
+            # While closing, every instance must re-check: the last reserved request arriving means they may
+            # all stop once the queue is empty (notify() would wake one and leave the rest waiting forever).
+            if self._closed:
+                self._cv.notify_all()
+            else:
+                self._cv.notify()
         if not item.done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             with self._cv:
                 if item.done.acquire(blocking=False):  # finished just now after all
@@ -115,13 +135,19 @@ class DynamicBatcher:
             raise item.error
         return item.outputs
 
-    def close(self) -> None:
-        """Stops the instances once the queue is empty and no reserved request is left to arrive."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stops the instances once the queue is empty and no reserved request is left to arrive; waits up to
+        `timeout` seconds in all (not per thread) for them to finish what they hold."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def alive_instances(self) -> int:
+        """Model threads still running (0 once close() has finished): for leak checks in tests and benchmarks."""
+        return sum(thread.is_alive() for thread in self._threads)
 
     def _ready(self) -> bool:
         """Whether an idle instance should take a batch now rather than wait for more requests."""
@@ -133,6 +159,7 @@ class DynamicBatcher:
             while True:
                 if not self._queue:
                     if self._closed and self._arriving <= 0:
+                        self._cv.notify_all()  # the other instances stop too, not wait for a request that never comes
                         return []
                     self._cv.wait()
                     continue

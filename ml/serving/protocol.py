@@ -21,8 +21,8 @@ from ml.serving.proto import inference_pb2 as pb
 if TYPE_CHECKING:
     from ml.serving.repository import LoadedModel
 
-__all__ = ["CONFIG_TYPES", "CONTENTS_FIELD", "DTYPES", "TORCH_TO_OIP", "InputSpec", "RequestError", "decode_inputs",
-           "encode_outputs", "input_spec"]
+__all__ = ["CONFIG_TYPES", "CONTENTS_FIELD", "DTYPES", "TORCH_TO_OIP", "InputSpec", "RequestError", "config_datatype",
+           "decode_inputs", "encode_outputs", "input_spec", "oip_datatype"]
 
 # Open Inference Protocol datatype <-> numpy
 DTYPES: dict[str, np.dtype] = {
@@ -31,8 +31,9 @@ DTYPES: dict[str, np.dtype] = {
     "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
 }
-TORCH_TO_OIP = {"bool": "BOOL", "uint8": "UINT8", "int8": "INT8", "int16": "INT16", "int32": "INT32",
-                "int64": "INT64", "float16": "FP16", "float32": "FP32", "float64": "FP64"}
+TORCH_TO_OIP = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+                "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
+                "float32": "FP32", "float64": "FP64"}
 CONTENTS_FIELD = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
                   "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
                   "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
@@ -60,8 +61,22 @@ class InputSpec:
     contents_field: str  # InferTensorContents field for clients that send typed values
 
 
+def oip_datatype(t: dict) -> str:
+    """The Open Inference Protocol datatype of a signature entry (its torch dtype name, e.g. float32 -> FP32)."""
+    return TORCH_TO_OIP.get(t["dtype"], t["dtype"].upper())
+
+
+def config_datatype(t: dict) -> int:
+    """The ModelConfig DataType number of a signature entry; every datatype decode_inputs accepts has one."""
+    datatype = oip_datatype(t)
+    if datatype not in CONFIG_TYPES:
+        raise RequestError(grpc.StatusCode.INTERNAL, f"tensor {t['name']}: dtype {t['dtype']} has no ModelConfig "
+                                                     f"datatype; serve one of {', '.join(TORCH_TO_OIP)}")
+    return CONFIG_TYPES[datatype]
+
+
 def input_spec(t: dict) -> InputSpec:
-    datatype = TORCH_TO_OIP.get(t["dtype"], t["dtype"].upper())
+    datatype = oip_datatype(t)
     if datatype not in DTYPES:
         raise bundles.BundleError(f"input {t['name']}: dtype {t['dtype']} cannot be served over the Open "
                                   f"Inference Protocol; use one of {', '.join(TORCH_TO_OIP)}")

@@ -8,7 +8,10 @@
   as numbers).
 - Hot reload: the repository is rescanned every `--poll-seconds` (and on SIGHUP). A new version is verified,
   loaded and checked against its golden batch BEFORE it becomes visible; requests already running keep the
-  model object they started with, so none fails. `--keep-versions N` retires older versions.
+  model object they started with, so none fails. `--keep-versions N` (default 2) retires older versions: their
+  model threads stop and their metric series go. Publish a version by renaming its finished folder into
+  place (atomic); a folder caught half-copied is retried once its files change, and a version folder
+  rewritten in place is reloaded (ModelRepository's docstring has the contract).
 - Dynamic batching per model version: an idle model instance runs what is queued at once (a lone request
   never waits); requests that arrive while every instance is busy queue up and run together, up to the
   bundle's max_batch_size rows. max_queue_delay_us only bounds how long a batch waits for requests that
@@ -20,13 +23,18 @@
   4, 828 with 2 x 2 threads). On a GPU, 1 instance already batched 8-32 clients into 2.5-4x kserve.
 - Bad input never takes the server down: unknown model/version -> NOT_FOUND; wrong tensor names, dtypes,
   shapes or byte sizes -> INVALID_ARGUMENT with a message naming the tensor; oversize messages ->
-  RESOURCE_EXHAUSTED (gRPC's own limit, --max-message-bytes). A tampered bundle is refused at load.
+  RESOURCE_EXHAUSTED (gRPC's own limit, --max-message-bytes). A tampered bundle is refused at load; with
+  --bundle-public-key so is any bundle not signed by that key (hashes alone prove integrity, not origin).
+- Overload is refused at once, never queued without bound: past --max-concurrent-rpcs RPCs in the server, or
+  --max-queued-rows rows waiting for one model version, requests get RESOURCE_EXHAUSTED; request memory is
+  bounded by max-concurrent-rpcs x max-message-bytes (docs/benchmarks.md: 3x capacity for 30 s).
 - `--device cuda[:N]` serves on a GPU: the golden batch is replayed there at load (--golden-atol where its
   kernels round differently from the CPU that wrote the golden outputs), each instance runs its batches on
   its own CUDA stream, and batching matters most there (one kernel launch sequence for many requests).
 - Prometheus metrics on --metrics-port (requests, latency histogram, batch sizes, errors, queue depth).
 - SIGTERM/SIGINT: readiness goes false, new requests are refused, in-flight ones finish (--drain-seconds),
-  then the process exits 0.
+  then the process exits 0; the handlers are installed before the models load, so a signal during start-up
+  drains too (SIGHUP then means: rescan once serving).
 - Binds 127.0.0.1 unless --host says otherwise; TLS with --tls-cert/--tls-key.
 """
 
@@ -43,11 +51,11 @@ from pathlib import Path
 import torch
 
 from ml.serving import bundle as bundles
-from ml.serving.batcher import DynamicBatcher
+from ml.serving.batcher import DEFAULT_QUEUED_BATCHES, DynamicBatcher
 from ml.serving.metrics import Metrics
 from ml.serving.protocol import TORCH_TO_OIP, RequestError
-from ml.serving.repository import LoadedModel, ModelRepository
-from ml.serving.service import InferenceServer, Servicer, start
+from ml.serving.repository import DEFAULT_KEEP_VERSIONS, LoadedModel, ModelRepository
+from ml.serving.service import DEFAULT_RPCS_PER_WORKER, InferenceServer, Servicer, start
 
 # The server's pieces live in their own modules (protocol, batcher, repository, service, metrics); this module
 # is the CLI and re-exports what callers used to import from here.
@@ -97,12 +105,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--golden-atol", type=float,
                         help="tolerance of the load-time golden check, overriding the bundles' (for devices whose "
                              "kernels round differently from the CPU that wrote the golden outputs)")
-    parser.add_argument("--keep-versions", type=int, default=0, help="versions kept per model (0: all)")
+    parser.add_argument("--keep-versions", type=int, default=DEFAULT_KEEP_VERSIONS,
+                        help=f"versions kept per model (default {DEFAULT_KEEP_VERSIONS}; 0: all, each with its weights "
+                             f"and model threads, for as long as the server runs)")
+    parser.add_argument("--max-concurrent-rpcs", type=int,
+                        help=f"RPCs admitted at once (running or waiting for a worker) before the server answers "
+                             f"RESOURCE_EXHAUSTED (default {DEFAULT_RPCS_PER_WORKER} x --workers); request memory "
+                             f"is bounded by this x --max-message-bytes")
+    parser.add_argument("--max-queued-rows", type=int,
+                        help=f"rows waiting per model version before requests are refused with RESOURCE_EXHAUSTED "
+                             f"(default {DEFAULT_QUEUED_BATCHES} full batches per instance)")
     parser.add_argument("--poll-seconds", type=float, default=5.0, help="repository rescan interval")
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="grace for in-flight requests at shutdown")
+    parser.add_argument("--bundle-public-key", type=Path,
+                        help="Ed25519 public key (PEM): serve only bundles whose bundle.json.sig it verifies "
+                             "(make_bundle --sign-key); without it hashes prove integrity, not who wrote the bundle")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: serve TLS)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key")
     args = parser.parse_args(argv)
+    # Signals first: a SIGTERM or SIGHUP while the models load must drain (or rescan), not kill the process.
+    stop = threading.Event()
+    rescan = threading.Event()
+
+    def on_stop(*_):
+        stop.set()
+        rescan.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, lambda *_: rescan.set())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if not args.bundle and not args.repository:
         parser.error("give at least one --bundle or a --repository")
@@ -112,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--instances {args.instances}: give at least 1 model thread per model version")
     if args.golden_atol is not None and not args.golden_atol >= 0:
         parser.error(f"--golden-atol {args.golden_atol}: give a tolerance of 0 or more")
+    if args.keep_versions < 0:
+        parser.error(f"--keep-versions {args.keep_versions}: give 0 (keep all) or more")
+    for flag in ("max_concurrent_rpcs", "max_queued_rows"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give at least 1, or leave it out")
     if args.torch_threads is not None and args.torch_threads < 1:
         parser.error(f"--torch-threads {args.torch_threads}: give at least 1 thread, or leave it out for the default")
     torch_threads = args.torch_threads or default_torch_threads(args.instances)
@@ -122,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                        max_message_bytes=args.max_message_bytes, tls_cert=args.tls_cert, tls_key=args.tls_key,
                        keep_versions=args.keep_versions, max_queue_delay_us=args.max_queue_delay_us,
                        max_batch_size=args.max_batch_size, instances=args.instances, device=args.device,
-                       golden_atol=args.golden_atol)
+                       golden_atol=args.golden_atol, max_concurrent_rpcs=args.max_concurrent_rpcs,
+                       max_queued_rows=args.max_queued_rows, bundle_public_key=args.bundle_public_key)
     except (bundles.BundleError, OSError, ValueError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
@@ -132,15 +169,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.instances} instance(s) per model x {torch_threads} torch thread(s) on {server.repository.device}",
           file=sys.stderr, flush=True)
 
-    stop = threading.Event()
-    rescan = threading.Event()
-    def on_stop(*_):
-        stop.set()
-        rescan.set()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, lambda *_: rescan.set())
     while not stop.is_set():
         rescan.wait(args.poll_seconds)
         if stop.is_set():

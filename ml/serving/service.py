@@ -17,13 +17,14 @@ from prometheus_client import start_http_server
 from ml.serving.metrics import UNKNOWN_MODEL_LABEL, Metrics
 from ml.serving.proto import inference_pb2 as pb
 from ml.serving.proto import inference_pb2_grpc as pb_grpc
-from ml.serving.protocol import CONFIG_TYPES, TORCH_TO_OIP, RequestError, decode_inputs, encode_outputs
-from ml.serving.repository import LoadedModel, ModelRepository
+from ml.serving.protocol import RequestError, config_datatype, decode_inputs, encode_outputs, oip_datatype
+from ml.serving.repository import DEFAULT_KEEP_VERSIONS, LoadedModel, ModelRepository
 
 __all__ = ["InferenceServer", "Servicer", "start"]
 
 SERVER_NAME = "mlenv"
 SERVER_VERSION = "1"
+DEFAULT_RPCS_PER_WORKER = 4  # RPCs admitted per gRPC worker thread before RESOURCE_EXHAUSTED
 
 
 def instance_group(model: LoadedModel) -> pb.ModelInstanceGroup:
@@ -71,7 +72,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         def meta(t):
             return pb.ModelMetadataResponse.TensorMetadata(name=t["name"], shape=t["shape"],
-                                                           datatype=TORCH_TO_OIP.get(t["dtype"], t["dtype"].upper()))
+                                                           datatype=oip_datatype(t))
 
         return pb.ModelMetadataResponse(name=model.bundle.name, versions=self.repository.versions(model.bundle.name),
                                         platform="pytorch_" + model.bundle.manifest.get("artifact_format", "torchscript"),
@@ -83,16 +84,22 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         def dims(t):
             return t["shape"][1:]
 
-        config = pb.ModelConfig(
+        try:
+            return pb.ModelConfigResponse(config=self._config(model, dims))
+        except RequestError as exc:
+            context.abort(exc.code, str(exc))
+
+    @staticmethod
+    def _config(model: LoadedModel, dims) -> pb.ModelConfig:
+        return pb.ModelConfig(
             name=model.bundle.name, platform="pytorch_libtorch", backend="mlenv",
             max_batch_size=model.batcher.max_rows,
-            input=[pb.ModelInput(name=t["name"], data_type=CONFIG_TYPES[TORCH_TO_OIP[t["dtype"]]], dims=dims(t))
+            input=[pb.ModelInput(name=t["name"], data_type=config_datatype(t), dims=dims(t))
                    for t in model.inputs],
-            output=[pb.ModelOutput(name=t["name"], data_type=CONFIG_TYPES[TORCH_TO_OIP[t["dtype"]]], dims=dims(t))
+            output=[pb.ModelOutput(name=t["name"], data_type=config_datatype(t), dims=dims(t))
                     for t in model.outputs],
             instance_group=[instance_group(model)],
             dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=int(model.batcher.max_delay * 1e6)))
-        return pb.ModelConfigResponse(config=config)
 
     def ModelInfer(self, request, context):
         start = time.perf_counter()
@@ -153,23 +160,40 @@ class InferenceServer:
 
 def start(*, bundles_to_load: list[Path] = (), repository_dir: Path | None = None, host: str = "127.0.0.1",
           port: int = 0, metrics_port: int | None = 0, workers: int = 16, max_message_bytes: int = 64 << 20,
-          tls_cert: Path | None = None, tls_key: Path | None = None, keep_versions: int = 0,
+          tls_cert: Path | None = None, tls_key: Path | None = None, keep_versions: int = DEFAULT_KEEP_VERSIONS,
           max_queue_delay_us: int | None = None, max_batch_size: int | None = None,
-          instances: int = 1, device: str = "cpu", golden_atol: float | None = None) -> InferenceServer:
+          instances: int = 1, device: str = "cpu", golden_atol: float | None = None,
+          max_concurrent_rpcs: int | None = None, max_queued_rows: int | None = None,
+          bundle_public_key: Path | None = None) -> InferenceServer:
     """Loads the models and starts serving. `instances`: model threads per model version (see DynamicBatcher);
-    torch's intra-op thread count is process-wide and left to the caller (main() sets it)."""
+    torch's intra-op thread count is process-wide and left to the caller (main() sets it).
+
+    Overload is refused, never queued without end: past `max_concurrent_rpcs` RPCs in the server (running or
+    waiting for a worker thread; default 4 x workers) gRPC answers RESOURCE_EXHAUSTED at once, and past
+    `max_queued_rows` rows waiting for one model version (default: 8 full batches per instance) so does the
+    batcher. Request memory is thus bounded by max_concurrent_rpcs x max_message_bytes."""
+    if max_concurrent_rpcs is None:
+        max_concurrent_rpcs = DEFAULT_RPCS_PER_WORKER * workers
+    if max_concurrent_rpcs < 1:
+        raise ValueError(f"max_concurrent_rpcs must be at least 1, got {max_concurrent_rpcs}")
     metrics = Metrics()
     repository = ModelRepository(metrics, keep_versions=keep_versions, max_delay_override_us=max_queue_delay_us,
                                  max_batch_override=max_batch_size, instances=instances, device=device,
-                                 golden_atol=golden_atol)
-    for path in bundles_to_load:
-        repository.load(Path(path))  # a bad bundle given explicitly is fatal: say so before serving
-    if repository_dir is not None:
-        repository.scan(Path(repository_dir))
+                                 golden_atol=golden_atol, max_queued_rows=max_queued_rows,
+                                 public_key=bundle_public_key)
+    try:
+        for path in bundles_to_load:
+            repository.load(Path(path))  # a bad bundle given explicitly is fatal: say so before serving
+        if repository_dir is not None:
+            repository.scan(Path(repository_dir))
+    except BaseException:
+        repository.close(1.0)  # the versions loaded so far stop their threads
+        raise
     servicer = Servicer(repository, metrics)
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
+                         maximum_concurrent_rpcs=max_concurrent_rpcs)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     address = f"{host}:{port}"
     if tls_cert and tls_key:
