@@ -50,6 +50,7 @@ from ml.engine.checkpoint import Checkpoint, CheckpointStore, config_digest
 from ml.engine.config import config_to_dict, save_config
 from ml.engine.errors import EngineError
 from ml.engine.progress import ProgressReporter
+from ml.engine.redact import redact
 from ml.engine.tracking import Tracker, TrackingTarget, default_tracking_target, workspace_dir
 
 __all__ = ["RESUME_IGNORES", "Run", "git_commit", "lock_digest", "pin_identity", "start"]
@@ -299,7 +300,7 @@ class Run:
         if not self.is_primary:
             return
         lines = [f"mlenv: {headline}", f"  run dir:     {self.dir}",
-                 f"  mlflow:      {self.target.tracking_uri} run {self.run_id}",
+                 f"  mlflow:      {redact(self.target.tracking_uri)} run {self.run_id}",
                  f"  tensorboard: tensorboard --logdir {self.tensorboard_dir}"]
         if self.resume_from is not None:
             lines.append(f"  resumed from {self.resume_from.path} at step {self.resume_from.step}")
@@ -309,7 +310,7 @@ class Run:
         if not self.is_primary:
             return
         lines = [f"mlenv: {headline}", f"  run dir:     {self.dir}",
-                 f"  mlflow:      {self.target.tracking_uri} run {self.run_id}",
+                 f"  mlflow:      {redact(self.target.tracking_uri)} run {self.run_id}",
                  f"  tensorboard: {self.tensorboard_dir}"]
         lines += [f"  exported:    {folder}" for folder in self.exports]
         print("\n".join(lines), file=sys.stderr, flush=True)
@@ -321,7 +322,7 @@ class Run:
         outcome = {"global_step": global_step, "final_loss": final_loss, "eval_metrics": eval_metrics}
         (self.dir / "metrics.json").write_text(json.dumps(outcome, indent=2, sort_keys=True) + "\n")
         (self.dir / "result.json").write_text(json.dumps({
-            "run_id": self.run_id, "tracking_uri": self.target.tracking_uri, **outcome}, indent=2,
+            "run_id": self.run_id, "tracking_uri": redact(self.target.tracking_uri), **outcome}, indent=2,
             sort_keys=True) + "\n")
         self.tracker.set_tags({"mlenv.final_step": str(global_step)})
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ml.engine.redact import redact
+
 __all__ = ["Tracker", "TrackingTarget", "default_tracking_target", "replay", "workspace_dir"]
 
 # A dead server must cost seconds, not MLflow's default minutes of retries, before we fall back.
@@ -163,7 +165,8 @@ class Tracker:
 
     def _go_offline(self, exc: BaseException) -> None:
         if self.offline_reason is None:
-            self.offline_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.offline_reason = redact(f"{type(exc).__name__}: {first}")[:240]  # MLflow quotes the server URL
             self._log(f"mlenv: MLflow tracking unavailable ({self.offline_reason}); training continues and "
                       f"everything is kept in {self.local_log}")
 
@@ -244,7 +247,7 @@ def _main(argv: list[str]) -> int:
 
     target = default_tracking_target()
     run_id = replay(Path(argv[1]), mlflow.MlflowClient(target.tracking_uri))
-    print(f"replayed {argv[1]} into {target.tracking_uri} as run {run_id}")
+    print(f"replayed {argv[1]} into {redact(target.tracking_uri)} as run {run_id}")
     return 0
 
 

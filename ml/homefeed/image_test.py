@@ -62,7 +62,7 @@ def test_images_share_every_layer_but_the_model():
 
 def test_image_labels_carry_provenance():
     _, manifest, _ = oci.read_layout(SERVE_LAYOUT)
-    config = json.loads(oci._blob_path(SERVE_LAYOUT, manifest["config"]["digest"]).read_bytes())
+    config = json.loads(oci.blob_path(SERVE_LAYOUT, manifest["config"]["digest"]).read_bytes())
     labels = config["config"]["Labels"]
     assert labels["dev.mlenv.bazel.label"] == "//ml/homefeed:serve_image"
     assert labels["dev.mlenv.lock.digest"] == bundle.verify(BUNDLE).manifest["lock_digest"]
@@ -130,7 +130,7 @@ def test_verify_names_a_corrupted_blob_and_a_wrong_digest(tmp_path):
     copy = tmp_path / "layout"
     shutil.copytree(SERVE_LAYOUT.resolve(), copy, copy_function=os.symlink)  # blobs are GBs: link, then replace one
     app = next(layer for layer in layers("serve_image") if layer["name"] == "app")
-    blob = oci._blob_path(copy, app["diff_id"])
+    blob = oci.blob_path(copy, app["diff_id"])
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.unlink()

@@ -16,14 +16,28 @@ bundle.
 `verify()` checks every file's hash (and that no unlisted file slipped in) before anything is loaded;
 `load_model()` then loads the artifact with loaders that never unpickle arbitrary Python
 (torch.jit.load / torch.export.load), and `check_golden()` replays the golden batch.
+
+What verify() guarantees, and what not:
+- Every path the manifest names (the artifact, the golden file, each entry of `files`) must be a relative
+  path inside the bundle, listed in `files` and hashed; symbolic links are refused. verify() reads each file
+  once and keeps the verified bytes: load_model() and check_golden() load from those bytes, never by path
+  again, so a file swapped between the check and the load is never used.
+- Integrity is not authenticity: the hashes live in bundle.json itself, so whoever can write the model
+  repository can write a new bundle.json with new hashes. To stop that, sign bundles (`sign()`, or
+  make_bundle --sign-key) with an Ed25519 key and give the server the public key (--bundle-public-key): it
+  then refuses any bundle whose bundle.json.sig is missing or is not a signature of bundle.json's exact
+  bytes by that key. Keep the private key with CI, away from the machines that serve.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import shutil
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +46,13 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "load_model", "resolve_device", "verify",
-           "write_bundle"]
+__all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "generate_signing_key", "load_model", "load_public_key",
+           "resolve_device", "sign", "verify", "write_bundle"]
 
 FORMAT = "mlenv.bundle/1"
 MODEL_DIR = "model"
+MANIFEST = "bundle.json"
+SIGNATURE = "bundle.json.sig"  # Ed25519 signature of bundle.json's exact bytes (64 bytes, raw)
 
 
 class BundleError(Exception):
@@ -47,6 +63,15 @@ class BundleError(Exception):
 class Bundle:
     path: Path
     manifest: dict[str, Any]
+    # The verified bytes of every file in `files`, by relative path: what load_model and check_golden read.
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def data(self, rel: str) -> bytes:
+        """The verified bytes of the bundle file `rel`; BundleError if verify() did not hash it."""
+        try:
+            return self.blobs[rel]
+        except KeyError:
+            raise BundleError(f"{self.path}: {rel} was not verified; load bundles with verify() first") from None
 
     @property
     def name(self) -> str:
@@ -87,7 +112,8 @@ def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label:
     for required in (artifact_name, "signature.json", "golden.npz"):
         if not (export_dir / required).is_file():
             raise BundleError(f"{export_dir} has no {required}: is it an export folder of an engine trainer?")
-    if out.exists():
+    if out.exists() or out.is_symlink():
+        _check_replaceable(out)
         shutil.rmtree(out)
     (out / MODEL_DIR).mkdir(parents=True)
     for file in (artifact_name, "signature.json", "golden.npz"):
@@ -113,35 +139,158 @@ def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label:
     return out
 
 
-def verify(path: Path) -> Bundle:
-    """Checks the manifest and every file's sha256; raises BundleError naming the first problem."""
+def _check_replaceable(out: Path) -> None:
+    """write_bundle replaces `out` only if it is an empty folder or a bundle written before (its bundle.json
+    and the files it lists, nothing else): a mistyped --out must never delete someone's folder."""
+    if out.is_symlink() or not out.is_dir():
+        raise BundleError(f"{out} exists and is not a folder; choose another output path or remove it yourself")
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir()}
+    if not present:
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        ours = manifest.get("format") == FORMAT and present <= {MANIFEST, SIGNATURE, *manifest.get("files", {})}
+    except (OSError, ValueError, AttributeError, TypeError):
+        ours = False
+    if not ours:
+        shown = ", ".join(sorted(present)[:5]) + (", ..." if len(present) > 5 else "")
+        raise BundleError(f"{out} exists and is not a bundle written by write_bundle (it holds {shown}); refusing "
+                          f"to delete it: choose an empty or new output folder")
+
+
+def _inside(manifest_path: Path, what: str, rel: Any) -> str:
+    """`rel` if it is a plain relative path inside the bundle; BundleError naming the field otherwise."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or "\\" in rel or any(part in ("", ".", "..") for part in parts):
+        raise BundleError(f"{manifest_path}: {what} is {rel!r}; every path a bundle names must be relative and inside "
+                          f"the bundle (like 'model/model.pt': no leading '/', no '..', no '\\'): rebuild the bundle")
+    return rel
+
+
+def _read_regular(path: Path, rel: str) -> bytes:
+    """The bytes of bundle file `rel`, read through one descriptor that is not a symbolic link."""
+    try:
+        fd = os.open(path / rel, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: {rel} is listed in bundle.json but missing") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read {rel}: {exc.strerror} (a symbolic link? bundles hold files only)") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BundleError(f"{path}: {rel} is not a regular file")
+        return fh.read()
+
+
+def verify(path: Path, public_key: Any = None) -> Bundle:
+    """Checks the manifest, the paths it names and every file's sha256 (and, given an Ed25519 `public_key`
+    or the path of its PEM file, the signature of bundle.json); raises BundleError naming the first problem.
+    The returned Bundle carries the verified bytes, which every later load reads."""
     path = Path(path)
-    manifest_path = path / "bundle.json"
+    manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path} is not a bundle: no bundle.json")
+    links = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_symlink())
+    if links:
+        raise BundleError(f"{path}: symbolic links in the bundle: {', '.join(links)}; a bundle holds plain files only")
+    manifest_bytes = _read_regular(path, MANIFEST)
+    if public_key is not None:
+        _check_signature(path, manifest_bytes, public_key)
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_bytes)
     except ValueError as exc:
         raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: format {manifest.get('format')!r}, this server reads {FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{manifest_path}: format {got!r}, this server reads {FORMAT!r}")
     for key in ("name", "version", "artifact", "signature", "files", "golden"):
         if key not in manifest:
             raise BundleError(f"{manifest_path}: missing {key!r}")
     listed = manifest["files"]
-    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"bundle.json"}
+    if not isinstance(listed, dict):
+        raise BundleError(f"{manifest_path}: 'files' must map relative paths to sha256 digests")
+    for rel in listed:
+        _inside(manifest_path, "a key of 'files'", rel)
+    golden = manifest["golden"].get("file") if isinstance(manifest["golden"], dict) else None
+    for what, rel in (("'artifact'", manifest["artifact"]), ("'golden.file'", golden)):
+        _inside(manifest_path, what, rel)
+        if rel not in listed:
+            raise BundleError(f"{manifest_path}: {what} {rel} is not in 'files', so nothing pins its hash: rebuild "
+                              f"the bundle (write_bundle lists every file it writes)")
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {MANIFEST, SIGNATURE}
     unlisted = sorted(present - set(listed))
     if unlisted:
         raise BundleError(f"{path}: files not in bundle.json: {', '.join(unlisted)} (tampered or hand-edited bundle)")
+    blobs = {}
     for rel, expected in sorted(listed.items()):
-        file = path / rel
-        if not file.is_file():
-            raise BundleError(f"{path}: {rel} is listed in bundle.json but missing")
-        actual = _sha256(file)
+        data = _read_regular(path, rel)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise BundleError(f"{path}: {rel} has {actual}, bundle.json pins {expected}: the bundle was modified "
                               f"after it was built; rebuild it (bazel build <its label>) and do not edit bundles")
-    return Bundle(path, manifest)
+        blobs[rel] = data
+    return Bundle(path, manifest, blobs)
+
+
+def load_public_key(key: Any):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if isinstance(key, (str, Path)):
+        try:
+            key = serialization.load_pem_public_key(Path(key).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"bundle public key {key}: cannot read it as a PEM public key ({exc}); give the .pub "
+                              f"file written by generate_signing_key / make_bundle --new-signing-key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"bundle public key: {type(key).__name__} is not an Ed25519 public key")
+    return key
+
+
+def _check_signature(path: Path, manifest_bytes: bytes, public_key: Any) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    key = load_public_key(public_key)
+    try:
+        signature = _read_regular(path, SIGNATURE)
+    except BundleError:
+        raise BundleError(f"{path}: no {SIGNATURE}, and this server only serves signed bundles: sign it with the "
+                          f"CI key (make_bundle --sign-key, or bundle.sign())") from None
+    try:
+        key.verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise BundleError(f"{path}: {SIGNATURE} is not a signature of this bundle.json by the server's key: the "
+                          f"bundle was changed or signed by another key; rebuild and sign it in CI") from None
+
+
+def sign(path: Path, private_key_pem: Path) -> Path:
+    """Signs `path`/bundle.json with the Ed25519 private key in the PEM file; writes and returns bundle.json.sig."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(Path(private_key_pem).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"signing key {private_key_pem}: cannot read it as an unencrypted PEM private key "
+                          f"({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"signing key {private_key_pem}: {type(key).__name__} is not an Ed25519 key")
+    out = Path(path) / SIGNATURE
+    out.write_bytes(key.sign((Path(path) / MANIFEST).read_bytes()))
+    return out
+
+
+def generate_signing_key(private_pem: Path, public_pem: Path) -> None:
+    """Writes a new Ed25519 key pair: the private key (mode 0600) for CI, the public key for the servers."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    fd = os.open(private_pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    Path(public_pem).write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def load_model(bundle: Bundle, device: str = "cpu"):
@@ -150,14 +299,14 @@ def load_model(bundle: Bundle, device: str = "cpu"):
     hold tensors and code, not Python objects."""
     import torch
 
-    artifact = bundle.path / bundle.manifest["artifact"]
+    artifact = io.BytesIO(bundle.data(bundle.manifest["artifact"]))  # the verified bytes, not the path again
     fmt = bundle.manifest.get("artifact_format", "torchscript")
     if fmt == "torchscript":
-        module = torch.jit.load(str(artifact), map_location=device)
+        module = torch.jit.load(artifact, map_location=device)
         module.eval()
         return module
     if fmt == "torch_export":
-        return torch.export.load(str(artifact)).module().to(device)
+        return torch.export.load(artifact).module().to(device)
     raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable")
 
 
@@ -188,7 +337,7 @@ def resolve_device(spec: str) -> torch.device:
 
 def golden_arrays(bundle: Bundle) -> tuple[list[np.ndarray], list[np.ndarray]]:
     sig = bundle.signature
-    with np.load(bundle.path / bundle.manifest["golden"]["file"], allow_pickle=False) as data:
+    with np.load(io.BytesIO(bundle.data(bundle.manifest["golden"]["file"])), allow_pickle=False) as data:
         inputs = [data["input." + t["name"]] for t in sig["inputs"]]
         outputs = [data["output." + t["name"]] for t in sig["outputs"]]
     return inputs, outputs

@@ -2,10 +2,12 @@
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from ml.engine.export import export_model
 from ml.serving import bundle, make_bundle
@@ -114,3 +116,123 @@ def test_check_cli_passes_and_fails(export, tmp_path, capsys):
     assert exit_.value.code == 2 and "--device 'tpu' is not a device torch knows" in capsys.readouterr().err
     (out / "model/model.pt").write_bytes(b"not a model")
     assert check_bundle.main([str(out)]) == 1
+
+
+def _rewrite_manifest(out: Path, **changes) -> None:
+    manifest = json.loads((out / "bundle.json").read_text())
+    manifest.update(changes)
+    (out / "bundle.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("case", ["absolute artifact", "artifact outside", "golden outside", "unhashed artifact",
+                                  "files key outside"])
+def test_every_path_a_bundle_names_is_relative_inside_and_hashed(export, tmp_path, case):
+    out = build(export, tmp_path / "b")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(out / "model/model.pt", outside / "model.pt")
+    shutil.copy(out / "model/golden.npz", outside / "golden.npz")
+    manifest = json.loads((out / "bundle.json").read_text())
+    if case == "absolute artifact":  # nothing listed, nothing present: only the path says where the model is
+        shutil.rmtree(out / "model")
+        _rewrite_manifest(out, artifact=str(outside / "model.pt"), files={},
+                          golden={"file": str(outside / "golden.npz"), "atol": 1e-5})
+        message = "'artifact' is '/"
+    elif case == "artifact outside":
+        files = dict(manifest["files"], **{"../elsewhere/model.pt": bundle._sha256(outside / "model.pt")})
+        _rewrite_manifest(out, artifact="../elsewhere/model.pt", files=files)
+        message = "a key of 'files' is '../elsewhere/model.pt'"
+    elif case == "golden outside":
+        _rewrite_manifest(out, golden={"file": "model/../../elsewhere/golden.npz", "atol": 1e-5})
+        message = "'golden.file' is 'model/../../elsewhere/golden.npz'"
+    elif case == "unhashed artifact":  # the artifact is named, but `files` does not pin it
+        files = {k: v for k, v in manifest["files"].items() if k != "model/model.pt"}
+        (out / "model/model.pt").unlink()
+        _rewrite_manifest(out, files=files)
+        message = "'artifact' model/model.pt is not in 'files'"
+    else:
+        _rewrite_manifest(out, files=dict(manifest["files"], **{"/etc/hostname": "sha256:0"}))
+        message = "a key of 'files' is '/etc/hostname'"
+    with pytest.raises(bundle.BundleError) as info:
+        bundle.load_model(bundle.verify(out))
+    assert message in str(info.value)
+    assert "must be relative and inside the bundle" in str(info.value) or "nothing pins its hash" in str(info.value)
+
+
+def test_a_symbolic_link_in_a_bundle_is_refused(export, tmp_path):
+    out = build(export, tmp_path / "b")
+    real = tmp_path / "model.pt"
+    (out / "model/model.pt").rename(real)
+    (out / "model/model.pt").symlink_to(real)  # same bytes, same hash: only the link gives it away
+    with pytest.raises(bundle.BundleError, match="symbolic links in the bundle: model/model.pt"):
+        bundle.verify(out)
+
+
+def test_load_uses_the_verified_bytes_not_the_file_swapped_after_the_check(export, tmp_path):
+    out = build(export, tmp_path / "b")
+    verified = bundle.verify(out)
+    other = tmp_path / "other"
+    export_model(TinyRanker(bias=5.0), example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"],
+                 folder=other)
+    (out / "model/model.pt").write_bytes((other / "model.pt").read_bytes())  # swapped between check and load
+    model = bundle.load_model(verified)
+    assert bundle.check_golden(verified, model) == 0.0
+    ids, dense = example_inputs(3)
+    with torch.inference_mode():
+        want, got = TinyRanker()(ids, dense)[0], model(ids, dense)[0]
+    assert torch.allclose(got, want, atol=1e-6), "the model loaded was not the one verified"
+
+
+def test_write_bundle_refuses_to_delete_a_folder_that_is_not_a_bundle(export, tmp_path):
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(bundle.BundleError, match=r"is not a bundle written by write_bundle \(it holds notes.txt\)"):
+        build(export, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    previous = build(export, tmp_path / "b")
+    (previous / "bundle.json.sig").write_bytes(b"x" * 64)
+    assert bundle.verify(build(export, previous, version="4")).version == "4"  # a previous bundle is replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert bundle.verify(build(export, empty)).version == "3"
+
+
+def test_signed_bundles_verify_only_with_their_key(export, tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    bundle.generate_signing_key(keys / "ci.pem", keys / "ci.pub")
+    bundle.generate_signing_key(keys / "other.pem", keys / "other.pub")
+    assert (keys / "ci.pem").stat().st_mode & 0o777 == 0o600
+    out = build(export, tmp_path / "b")
+    with pytest.raises(bundle.BundleError, match="no bundle.json.sig, and this server only serves signed bundles"):
+        bundle.verify(out, public_key=keys / "ci.pub")
+    bundle.sign(out, keys / "ci.pem")
+    assert bundle.verify(out, public_key=keys / "ci.pub").name == "tiny"
+    assert bundle.verify(out).name == "tiny"  # without a key: integrity only, as before
+    with pytest.raises(bundle.BundleError, match="not a signature of this bundle.json by the server's key"):
+        bundle.verify(out, public_key=keys / "other.pub")
+    # A writer of the repository swaps the model and rehashes bundle.json: hashes pass, the signature does not.
+    manifest = json.loads((out / "bundle.json").read_text())
+    manifest["serving"]["max_batch_size"] = 1
+    (out / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    assert bundle.verify(out).manifest["serving"]["max_batch_size"] == 1
+    with pytest.raises(bundle.BundleError, match="not a signature of this bundle.json"):
+        bundle.verify(out, public_key=keys / "ci.pub")
+    with pytest.raises(bundle.BundleError, match="cannot read it as a PEM public key"):
+        bundle.verify(out, public_key=keys / "ci.pem")
+
+
+def test_make_bundle_cli_signs_and_check_cli_verifies_the_signature(export, tmp_path, capsys):
+    from ml.serving import check_bundle
+
+    private, public = tmp_path / "ci.pem", tmp_path / "ci.pub"
+    assert make_bundle.main(["--new-signing-key", str(private), str(public)]) == 0
+    out = tmp_path / "b"
+    assert make_bundle.main(["--export-dir", str(export), "--out", str(out), "--name", "tiny", "--version", "1",
+                             "--sign-key", str(private)]) == 0
+    assert check_bundle.main([str(out), "--public-key", str(public)]) == 0
+    assert "signature verified (Ed25519)" in capsys.readouterr().out
+    (out / "bundle.json.sig").unlink()
+    assert check_bundle.main([str(out), "--public-key", str(public)]) == 1
+    assert "no bundle.json.sig" in capsys.readouterr().err

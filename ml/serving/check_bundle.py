@@ -20,20 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="replay the golden batch on this device (cpu, cuda, cuda:N)")
     parser.add_argument("--golden-atol", type=float, help="tolerance overriding the bundle's (other devices round "
                                                           "differently from the CPU that wrote the golden outputs)")
+    parser.add_argument("--public-key", type=Path, help="Ed25519 public key (PEM): also check bundle.json.sig")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         device = str(bundle.resolve_device(args.device))
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        b = bundle.verify(args.bundle)
+        b = bundle.verify(args.bundle, public_key=args.public_key)
         worst = bundle.check_golden(b, device=device, atol=args.golden_atol)
     except bundle.BundleError as exc:
         print(f"bundle check FAILED: {exc}", file=sys.stderr)
         return 1
     sig = b.signature
     print(f"bundle {b.name} version {b.version}: OK\n"
-          f"  files:   {len(b.manifest['files'])} verified (sha256)\n"
+          f"  files:   {len(b.manifest['files'])} verified (sha256)"
+          f"{', signature verified (Ed25519)' if args.public_key else ''}\n"
           f"  inputs:  {', '.join(t['name'] + ':' + t['dtype'] + str(t['shape']) for t in sig['inputs'])}\n"
           f"  outputs: {', '.join(t['name'] + ':' + t['dtype'] + str(t['shape']) for t in sig['outputs'])}\n"
           f"  golden:  max |diff| {worst:.3g} on {device} (tolerance "

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ml.engine.redact import redact
 from ml.serving import bundle
 
 
@@ -36,7 +37,7 @@ def fetch_mlflow_export(run_id: str, pinned: str, into: Path) -> tuple[Path, dic
         run = client.get_run(run_id)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types
         raise bundle.BundleError(f"cannot fetch the export of MLflow run {run_id} from "
-                                 f"{mlflow.get_tracking_uri()}: {exc}") from exc
+                                 f"{redact(mlflow.get_tracking_uri())}: {redact(exc)}") from exc
     found = bundle.export_digest(local)
     if found != pinned:
         raise bundle.BundleError(f"MLflow run {run_id}: its export has digest {found}, but the bundle pins {pinned}. "
@@ -47,20 +48,38 @@ def fetch_mlflow_export(run_id: str, pinned: str, into: Path) -> tuple[Path, dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--export-dir", type=Path)
     source.add_argument("--mlflow-run")
     parser.add_argument("--mlflow-sha256", help="digest of the run's export folder (with --mlflow-run)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--version", required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--name")
+    parser.add_argument("--version")
     parser.add_argument("--label", default="unknown")
     parser.add_argument("--lock-digest-file", type=Path)
     parser.add_argument("--status-file", type=Path,
                         help="Bazel's volatile-status.txt (GIT_COMMIT) or stable-status.txt (STABLE_GIT_COMMIT)")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
+    parser.add_argument("--sign-key", type=Path,
+                        help="Ed25519 private key (PEM): also write bundle.json.sig, for servers run with "
+                             "--bundle-public-key")
+    parser.add_argument("--new-signing-key", nargs=2, type=Path, metavar=("PRIVATE_PEM", "PUBLIC_PEM"),
+                        help="write a new Ed25519 key pair and exit (the private key for CI, the public one for servers)")
     args = parser.parse_args(argv)
+    if args.new_signing_key:
+        try:
+            bundle.generate_signing_key(*args.new_signing_key)
+        except FileExistsError:
+            parser.error(f"{args.new_signing_key[0]} exists; a new key never overwrites an old one")
+        print(f"wrote {args.new_signing_key[0]} (private: keep it with CI) and {args.new_signing_key[1]} (public: "
+              f"serve with --bundle-public-key {args.new_signing_key[1]})")
+        return 0
+    missing = [flag for flag, value in (("--export-dir or --mlflow-run", args.export_dir or args.mlflow_run),
+                                        ("--out", args.out), ("--name", args.name), ("--version", args.version))
+               if not value]
+    if missing:
+        parser.error(f"missing {', '.join(missing)}")
     lock = args.lock_digest_file.read_text().strip() if args.lock_digest_file else "unknown"
     status = _status(args.status_file)
     commit = status.get("GIT_COMMIT") or status.get("STABLE_GIT_COMMIT", "unknown")
@@ -80,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             bundle.write_bundle(export, args.out, name=args.name, version=args.version, label=args.label,
                                 lock_digest=lock, git_commit=commit, mlflow=mlflow_info,
                                 max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us)
+            if args.sign_key:
+                bundle.sign(args.out, args.sign_key)
     except bundle.BundleError as exc:
         print(f"ml_model_bundle: {exc}", file=sys.stderr)
         return 1

@@ -101,3 +101,12 @@ def test_parses_uv_annotations_into_requirements():
         "bar==2 --hash=sha256:%s\n" % ("a" * 64, "b" * 64), "l")
     assert lock.index_url == "https://x/simple"
     assert [(r.key, r.required_by) for r in lock.requirements] == [("foo", ["bar"]), ("bar", [])]
+
+
+def test_unreachable_private_index_is_reported_without_its_token():
+    messages = []
+    lock = install_env.Lock([], None, ["https://__token__:pypi-SECRET@no-such-host.invalid/simple"], [])
+    install_env.usable_sources(lock, "file:///nowhere", messages.append)
+    assert messages == ["extra index https://***@no-such-host.invalid/simple is unreachable (its host does not "
+                     "resolve); skipped"]
+    assert "SECRET" not in install_env.redact("uv: GET https://user:SECRET@idx/simple/torch failed")

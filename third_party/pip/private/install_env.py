@@ -133,6 +133,16 @@ def parse_lock(text: str, path: str) -> Lock:
     return Lock(reqs, index_url, extras_idx, find_links)
 
 
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user info of every URL in it replaced (`https://user:token@host` -> `https://***@host`):
+    index URLs of private indexes carry tokens, and what this prints ends up in CI logs. (The same rule as
+    ml/engine/redact.py, which this standard-library-only tool run by a repository rule cannot import.)"""
+    return _USERINFO.sub(r"\1***@", str(text))
+
+
 def host_resolves(url: str) -> bool:
     host = urllib.parse.urlparse(url).hostname
     if not host:
@@ -151,23 +161,23 @@ def usable_sources(lock: Lock, default_index: str, log) -> list[str]:
     if index.startswith("file:") or host_resolves(index):
         args += ["--index-url", index]
     else:
-        log(f"index {index} is unreachable (its host does not resolve); using only the other sources")
+        log(redact(f"index {index} is unreachable (its host does not resolve); using only the other sources"))
         args += ["--no-index"]
     for url in lock.extra_index_urls:
         if url.startswith("file:") or host_resolves(url):
             args += ["--extra-index-url", url]
         else:
-            log(f"extra index {url} is unreachable (its host does not resolve); skipped")
+            log(redact(f"extra index {url} is unreachable (its host does not resolve); skipped"))
     for link in lock.find_links:
         if "://" in link and not link.startswith("file:"):
             if host_resolves(link):
                 args += ["--find-links", link]
             else:
-                log(f"find-links {link} is unreachable; skipped")
+                log(redact(f"find-links {link} is unreachable; skipped"))
         elif Path(link.removeprefix("file://")).is_dir():
             args += ["--find-links", link]
         else:
-            log(f"find-links folder {link} does not exist on this machine; skipped")
+            log(redact(f"find-links folder {link} does not exist on this machine; skipped"))
     return args
 
 
@@ -244,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
-        print(f"mlenv/pip: {message}", file=sys.stderr)
+        print(f"mlenv/pip: {redact(message)}", file=sys.stderr)
 
     text = args.lock.read_text()
     try:
@@ -268,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"installing {len(lock.requirements)} distributions from {args.lock_label} ({args.variant})")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        print(explain_uv_failure(proc.stderr, args.lock_label), file=sys.stderr)
+        print(redact(explain_uv_failure(proc.stderr, args.lock_label)), file=sys.stderr)
         return 1
     # Console scripts carry this machine's interpreter path in their shebang and are not importable code:
     # drop them so the tree is the same on every machine (use `python -m tensorboard.main`, `-m mlflow`).

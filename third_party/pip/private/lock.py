@@ -66,7 +66,7 @@ def compile_variant(uv: str, workspace: Path, name: str, variant: dict, index: s
     requirements_in = workspace / "third_party/pip/requirements.in"
     digest = inputs_digest(requirements_in.read_bytes(), variant)
     sources = install_env.Lock([], DEFAULT_INDEX, variant.get("extra_index_urls", []), variant.get("find_links", []))
-    source_args = install_env.usable_sources(sources, index, lambda m: print(f"lock[{name}]: {m}", file=sys.stderr))
+    source_args = install_env.usable_sources(sources, index, lambda m: print(f"lock[{name}]: {install_env.redact(m)}", file=sys.stderr))
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp, "overrides.txt")
         overrides.write_text(f"torch=={variant['torch']}\n")

@@ -299,13 +299,28 @@ def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _blob_path(layout: Path, digest: str) -> Path:
-    algo, hexd = digest.split(":", 1)
+# The one digest form this tool writes and reads. A descriptor's digest becomes a file name under blobs/, so
+# anything else (`sha256:../../etc/passwd`, an upper-case or short hex) is refused before it touches a path.
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def check_digest(digest: object, what: str = "a descriptor") -> str:
+    """`digest` if it is a well-formed sha256 digest; OciError naming `what` otherwise."""
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise OciError(f"{what} has digest {digest!r}: not a sha256 digest (sha256: and 64 lower-case hex digits); "
+                       "the layout was hand-edited or is not from ml_image, rebuild or re-pull it")
+    return digest
+
+
+def blob_path(layout: Path, digest: str) -> Path:
+    """Where the blob `digest` lives in an OCI layout; the digest is validated first."""
+    algo, hexd = check_digest(digest).split(":", 1)
     return layout / "blobs" / algo / hexd
 
 
+
 def _place_blob(layout: Path, digest: str, *, source: Path | None = None, data: bytes | None = None) -> None:
-    dst = _blob_path(layout, digest)
+    dst = blob_path(layout, digest)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
         return
@@ -417,13 +432,13 @@ def read_layout(layout: Path) -> tuple[dict, dict, str]:
     manifests = index.get("manifests") or []
     if len(manifests) != 1:
         raise OciError(f"{layout}/index.json lists {len(manifests)} manifests; expected exactly one")
-    digest = manifests[0]["digest"]
+    digest = check_digest(manifests[0].get("digest"), "the manifest in index.json")
     data = _read_blob(layout, digest, what="the manifest")
     return index, json.loads(data), digest
 
 
 def _read_blob(layout: Path, digest: str, *, what: str) -> bytes:
-    path = _blob_path(layout, digest)
+    path = blob_path(layout, check_digest(digest, what))
     if not path.is_file():
         raise OciError(f"{what} blob {digest} is missing from {layout}/blobs; rebuild the image")
     data = path.read_bytes()
@@ -448,7 +463,8 @@ def verify_layout(layout: Path, expect_digest: str | None = None) -> dict:
         raise OciError(f"config lists {len(diff_ids)} diff_ids but the manifest has {len(manifest['layers'])} layers")
     for i, (desc, diff_id) in enumerate(zip(manifest["layers"], diff_ids)):
         name = (config.get("history") or [{}] * len(diff_ids))[i].get("comment", f"#{i}")
-        path = _blob_path(layout, desc["digest"])
+        path = blob_path(layout, check_digest(desc.get("digest"), f"layer {i} ({name})"))
+        check_digest(diff_id, f"the diff_id of layer {i} ({name})")
         if not path.is_file():
             raise OciError(f"layer {i} ({name}) blob {desc['digest']} is missing; rebuild the image")
         actual = _sha256_file(path)

@@ -5,7 +5,11 @@
 - shard_count: $TEST_TOTAL_SHARDS / $TEST_SHARD_INDEX select every N-th collected test;
 - HOME and caches point into $TEST_TMPDIR, so tests never share or leak state through the real HOME;
   TMPDIR is a short private folder (AF_UNIX socket paths must fit in 108 bytes);
-- a filter or shard that selects nothing fails instead of passing vacuously.
+- a filter or shard that selects nothing fails instead of passing vacuously;
+- a skip is never a pass in CI: Bazel has no "skipped" status, so a skipped case would show as PASSED. With
+  MLENV_FAIL_ON_SKIP=1 (set by --config=ci, ci/bazelrc) any skip fails the test, naming each skip and its
+  reason; without it the skips are listed in a loud banner in the test log, and tools/bazel lists them after
+  `tools/bazel test` (from each test.xml).
 """
 
 import atexit
@@ -15,6 +19,35 @@ import sys
 import tempfile
 
 import pytest
+
+FAIL_ON_SKIP = "MLENV_FAIL_ON_SKIP"
+
+
+class _Skips:
+    """Collects the test cases pytest skipped (expected failures are not skips), with their reasons."""
+
+    def __init__(self) -> None:
+        self.skipped: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report):
+        if report.skipped and not hasattr(report, "wasxfail"):
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            self.skipped.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def _report_skips(skips: list[tuple[str, str]], code: int) -> int:
+    if not skips:
+        return code
+    lines = "\n".join(f"  SKIPPED {nodeid}: {reason}" for nodeid, reason in skips)
+    if os.environ.get(FAIL_ON_SKIP) == "1":
+        print(f"ml_py_test: {len(skips)} test case(s) skipped under --config=ci, where a skip is a failure (it would "
+              f"show as PASSED and hide what was never tested):\n{lines}\nInstall what each reason names on the CI "
+              f"machine, or run the test where it can run.", file=sys.stderr)
+        return code or 1
+    bar = "!" * 100
+    print(f"\n{bar}\nml_py_test: {len(skips)} test case(s) SKIPPED; Bazel still reports this test PASSED, and "
+          f"--config=ci fails it:\n{lines}\n{bar}", file=sys.stderr)
+    return code
 
 
 class _Shard:
@@ -56,14 +89,15 @@ def main() -> int:
     test_filter = os.environ.get("TESTBRIDGE_TEST_ONLY")
     if test_filter:
         args += ["-k", test_filter]
-    plugins = []
+    skips = _Skips()
+    plugins = [skips]
     total = int(os.environ.get("TEST_TOTAL_SHARDS", "0") or 0)
     if total > 1:
         status = os.environ.get("TEST_SHARD_STATUS_FILE")
         if status:
             open(status, "w").close()  # tells Bazel this runner understands sharding
         plugins.append(_Shard(int(os.environ["TEST_SHARD_INDEX"]), total))
-    code = pytest.main(args, plugins=plugins)
+    code = _report_skips(skips.skipped, int(pytest.main(args, plugins=plugins)))
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
         if total > 1:
             return 0  # more shards than tests: an empty shard is fine
