@@ -50,6 +50,9 @@ class TrainerConfig:
         default="fp32", metadata=_help("fp32; bf16 autocast (CPU or GPU); fp16 autocast + grad scaler (CUDA only)"))
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_help("auto picks cuda when available"))
     nproc: int = field(default=1, metadata=_help("data-parallel processes (DDP: gloo on CPU, NCCL on GPU)"))
+    strategy: Literal["ddp", "fsdp"] = field(default="ddp", metadata=_help(
+        "with nproc > 1: ddp replicates the model on every process; fsdp (FSDP2) shards parameters, gradients and "
+        "optimizer state across them, for models (e.g. embedding tables) too big for one device"))
     num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per training process"))
     checkpoint_every: int = field(default=200, metadata=_help("write a checkpoint every N steps (and always at the end)"))
     keep_checkpoints: int = field(default=3, metadata=_help("how many recent checkpoints to keep"))

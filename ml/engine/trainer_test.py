@@ -10,10 +10,10 @@ import mlflow
 import pytest
 import torch
 
-from ml.engine import checkpoint as ckpt
 from ml.engine.config import parse_config
 from ml.engine.errors import PrecisionError
 from ml.engine.testing.toy import ToyConfig, ToyTask
+from ml.engine.torch.state import load_model_state
 from ml.engine.trainer import train
 
 TOY = str(Path("ml/engine/testing/toy.py").resolve())
@@ -24,11 +24,12 @@ def config(tmp_path, *argv):
                                     "--set", "run_name=t", *argv])
 
 
+def latest(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
+
+
 def final_params(run_dir: Path) -> dict:
-    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(Path(run_dir) / "checkpoints"),
-                                 config_hash=torch.load(ckpt.latest_checkpoint(Path(run_dir) / "checkpoints"),
-                                                        weights_only=True)["config_hash"])
-    return state["model"]
+    return load_model_state(latest(run_dir))
 
 
 def test_learns_and_records_everything_in_mlflow(tmp_path):
@@ -55,8 +56,7 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path):
     straight = train(config(tmp_path / "straight", *argv), ToyTask())
     with pytest.raises(RuntimeError, match="injected failure"):
         train(config(tmp_path / "crashed", *argv, "--set", "fail_at_step=48"), ToyTask())
-    crashed_ckpt = ckpt.latest_checkpoint(tmp_path / "crashed" / "checkpoints")
-    assert crashed_ckpt.name == "ckpt-00000045.pt"  # the last checkpoint before the crash at step 48
+    assert latest(tmp_path / "crashed").name == "ckpt-00000045"  # the last checkpoint before the crash at step 48
     resumed = train(config(tmp_path / "crashed", *argv, "--resume"), ToyTask())
     assert resumed.global_step == straight.global_step == 64
     a, b = final_params(straight.run_dir), final_params(resumed.run_dir)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml.engine import checkpoint as ckpt
 from ml.engine.config import parse_config
 from ml.engine.export import load_exported, load_golden
+from ml.engine.torch.state import load_model_state
 from ml.engine.trainer import train
 from ml.homefeed.train import HomefeedConfig, HomefeedTask
 
@@ -27,9 +27,12 @@ def config(run_dir, *argv):
     return parse_config(HomefeedConfig, [*TINY, "--set", f"run_dir={run_dir}", "--set", "run_name=t", *argv])
 
 
+def latest(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
+
+
 def final_state(run_dir: Path) -> dict:
-    path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints")
-    return torch.load(path, weights_only=True)["model"]
+    return load_model_state(latest(run_dir))
 
 
 class CrashAt(HomefeedTask):
@@ -64,7 +67,7 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path):
     straight = train(config(tmp_path / "a", *argv), HomefeedTask())
     with pytest.raises(KeyboardInterrupt):
         train(config(tmp_path / "b", *argv), CrashAt(at_call=43))  # mid-epoch 2 (32 steps per epoch)
-    assert ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "ckpt-00000040.pt"
+    assert latest(tmp_path / "b").name == "ckpt-00000040"
     resumed = train(config(tmp_path / "b", *argv, "--resume"), HomefeedTask())
     assert resumed.global_step == straight.global_step == 64
     a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")

@@ -1,6 +1,7 @@
 """The checks of every ml_trainer_integration_test, run against the real trainer binary.
 
-The trainer (any engine trainer: `ml.engine.trainer.run`) runs for a few steps on tiny data inside the
+The trainer (any engine trainer: a `Task` through `ml.engine.trainer.run`, or a hand-written loop on
+`ml.engine.run` + `ml.engine.torch`) runs for a few steps on tiny data inside the
 test's sandbox, with MLflow on a test-local sqlite store. Checked:
   - the loss is finite and decreases (MLflow's metric history, read through MlflowClient);
   - checkpoints are written;
@@ -24,6 +25,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+
+from ml.engine.torch.state import load_model_state
 
 SPEC = json.loads(Path(os.environ["MLENV_TRAINER_IT_SPEC"]).read_text())
 TRAINER = str(Path(SPEC["trainer"]).absolute())
@@ -60,7 +63,7 @@ def run_id_of(stderr: str) -> str:
 
 def final_params(run_dir: Path) -> dict:
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    return torch.load(run_dir / "checkpoints" / latest, weights_only=True)["model"]
+    return load_model_state(run_dir / "checkpoints" / latest)
 
 
 def test_loss_is_finite_and_decreases(straight):
@@ -75,8 +78,8 @@ def test_loss_is_finite_and_decreases(straight):
 
 
 def test_checkpoints_are_written(straight):
-    names = sorted(p.name for p in (straight[0] / "checkpoints").glob("ckpt-*.pt"))
-    assert names and names[-1] == f"ckpt-{STEPS:08d}.pt", names
+    names = sorted(p.name for p in (straight[0] / "checkpoints").glob("ckpt-*") if (p / "meta.json").is_file())
+    assert names and names[-1] == f"ckpt-{STEPS:08d}", names
 
 
 def test_mlflow_run_has_params_metrics_and_artifacts(straight):
@@ -93,7 +96,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(straight):
 def test_sigkilled_run_resumes_to_identical_parameters(straight, workdir):
     run_dir = workdir / "killed"
     proc = subprocess.Popen(trainer_cmd(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    target = run_dir / "checkpoints" / f"ckpt-{KILL_AT:08d}.pt"
+    target = run_dir / "checkpoints" / f"ckpt-{KILL_AT:08d}"  # appears complete: renamed from its staging folder
     deadline = time.monotonic() + SPEC["timeout_s"]
     while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
