@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from ml.data import synthetic
 from ml.homefeed import data
 
 SMALL = data.SyntheticConfig(num_users=400, num_items=300, num_topics=10, seq_len=8, num_dense=5, seed=3)
@@ -171,7 +172,7 @@ def test_planted_signal_is_well_above_popularity() -> None:
     # The true click probability must rank far better than any per-item rate, otherwise
     # no model could clearly beat the popularity baseline on this data.
     cfg = data.SyntheticConfig()
-    rows = data._generate_chunk(data._build_world(cfg), cfg, np.random.default_rng(0), 40000)
+    rows = synthetic._generate_chunk(synthetic._build_world(cfg), cfg, np.random.default_rng(0), 40000)
     click, items = rows["click"].astype(np.float64), rows["item_id"]
     n = np.bincount(items, minlength=cfg.num_items + 1)
     item_rate = np.bincount(items, click, minlength=cfg.num_items + 1) / np.maximum(n, 1)

@@ -9,7 +9,8 @@ test's sandbox, with MLflow on a test-local sqlite store. Checked:
     of the uninterrupted run;
   - the MLflow run holds params, metrics and artifacts (checkpoint, export, config);
   - the exported model loads in a fresh process and reproduces the in-memory model's outputs on the golden
-    batch (golden.npz holds the eager model's outputs, computed in the trainer process at export time).
+    batch (golden.npz holds the eager model's outputs, computed in the trainer process at export time):
+    TorchScript / torch.export for framework "pytorch", a SavedModel (ml.engine.tf.export) for "tensorflow".
 The spec (trainer path, steps, arguments) comes from $MLENV_TRAINER_IT_SPEC (written by the rule).
 """
 
@@ -23,12 +24,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
-import torch
-
-from ml.engine.torch.state import load_model_state
 
 SPEC = json.loads(Path(os.environ["MLENV_TRAINER_IT_SPEC"]).read_text())
+# "pytorch" (torch state in the checkpoint, TorchScript/torch.export) or "tensorflow" (a tf.train.Checkpoint,
+# a SavedModel); only that framework is imported here.
+FRAMEWORK = SPEC.get("framework", "pytorch")
 TRAINER = str(Path(SPEC["trainer"]).absolute())
 STEPS, EVERY = SPEC["steps"], SPEC["checkpoint_every"]
 KILL_AT = SPEC["kill_after_step"]
@@ -62,8 +64,17 @@ def run_id_of(stderr: str) -> str:
 
 
 def final_params(run_dir: Path) -> dict:
-    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    return load_model_state(run_dir / "checkpoints" / latest)
+    """name -> numpy array of every saved value of the latest checkpoint (TF: weights, optimizer, position)."""
+    folder = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    if FRAMEWORK == "tensorflow":
+        import tensorflow as tf
+
+        reader = tf.train.load_checkpoint(str(folder))
+        return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+                if k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    from ml.engine.torch.state import load_model_state
+
+    return {k: v.detach().cpu().numpy() for k, v in load_model_state(folder).items()}
 
 
 def test_loss_is_finite_and_decreases(straight):
@@ -113,17 +124,27 @@ def test_sigkilled_run_resumes_to_identical_parameters(straight, workdir):
     assert "resumed from" in resumed.stderr
     a, b = final_params(straight[0]), final_params(run_dir)
     assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
+    different = [k for k in a if not np.array_equal(a[k], b[k])]
     assert not different, f"parameters differ after SIGKILL + --resume: {different}"
 
 
 def test_exported_model_matches_in_memory_model_in_a_fresh_process(straight):
     export = straight[0] / "export"
-    code = ("import sys, torch\nfrom pathlib import Path\nfrom ml.engine.export import load_exported, load_golden\n"
-            "folder = Path(sys.argv[1])\nmodel = load_exported(folder)\ninputs, expected = load_golden(folder)\n"
-            "with torch.no_grad():\n    got = model(*inputs)\ngot = got if isinstance(got, (tuple, list)) else (got,)\n"
-            "bad = [i for i, (g, e) in enumerate(zip(got, expected)) if not torch.allclose(g, e, atol=1e-6, rtol=1e-5)]\n"
-            "print('MISMATCH', bad) if bad else print('MATCH', len(got))\n")
+    if FRAMEWORK == "tensorflow":
+        code = ("import sys, json, numpy as np\nfrom pathlib import Path\nfrom ml.engine.tf.export import load_saved_model\n"
+                "folder = Path(sys.argv[1])\n_, fn = load_saved_model(folder)\n"
+                "sig = json.loads((folder / 'signature.json').read_text())\n"
+                "g = np.load(folder / 'golden.npz', allow_pickle=False)\n"
+                "got = fn(**{s['name']: g['input.' + s['name']] for s in sig['inputs']})\n"
+                "bad = [s['name'] for s in sig['outputs'] if not np.allclose(got[s['name']].numpy(), "
+                "g['output.' + s['name']], atol=1e-6, rtol=1e-5)]\n"
+                "print('MISMATCH', bad) if bad else print('MATCH', len(sig['outputs']))\n")
+    else:
+        code = ("import sys, torch\nfrom pathlib import Path\nfrom ml.engine.export import load_exported, load_golden\n"
+                "folder = Path(sys.argv[1])\nmodel = load_exported(folder)\ninputs, expected = load_golden(folder)\n"
+                "with torch.no_grad():\n    got = model(*inputs)\ngot = got if isinstance(got, (tuple, list)) else (got,)\n"
+                "bad = [i for i, (g, e) in enumerate(zip(got, expected)) if not torch.allclose(g, e, atol=1e-6, "
+                "rtol=1e-5)]\nprint('MISMATCH', bad) if bad else print('MATCH', len(got))\n")
     proc = subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), "-c", code, str(export)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

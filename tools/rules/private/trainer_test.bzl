@@ -25,6 +25,7 @@ def _spec_impl(ctx):
         "checkpoint_every": ctx.attr.checkpoint_every,
         "kill_after_step": kill_after,
         "timeout_s": ctx.attr.run_timeout_s,
+        "framework": ctx.attr.framework,
     }))
     return [DefaultInfo(files = depset([spec]), runfiles = ctx.runfiles(files = [spec]))]
 
@@ -33,6 +34,7 @@ trainer_it_spec = rule(
     doc = "Validates an ml_trainer_integration_test's attributes and writes the spec its checks read (internal).",
     attrs = {
         "checkpoint_every": attr.int(mandatory = True),
+        "framework": attr.string(default = "pytorch", values = ["pytorch", "tensorflow"]),
         "run_timeout_s": attr.int(default = 600),
         "steps": attr.int(mandatory = True),
         "test_label": attr.string(mandatory = True),
@@ -41,7 +43,12 @@ trainer_it_spec = rule(
     },
 )
 
-def ml_trainer_integration_test(name, trainer = ":train", args = [], steps = 24, checkpoint_every = 6, size = "large", tags = [], **kwargs):
+_FRAMEWORK_DEPS = {
+    "pytorch": ["//ml/engine"],
+    "tensorflow": ["//ml/engine/tf"],
+}
+
+def ml_trainer_integration_test(name, trainer = ":train", args = [], steps = 24, checkpoint_every = 6, framework = "pytorch", size = "large", tags = [], **kwargs):
     """Runs the real trainer binary for a few steps on tiny data and checks what production relies on.
 
     Args:
@@ -50,10 +57,14 @@ def ml_trainer_integration_test(name, trainer = ":train", args = [], steps = 24,
       args: arguments passed through to the trainer (tiny data and model sizes).
       steps: optimizer steps per run (>= 2 x checkpoint_every).
       checkpoint_every: steps between checkpoints; the killed run dies after the middle one.
+      framework: "pytorch" (torch checkpoint state, TorchScript/torch.export) or "tensorflow"
+        (tf.train.Checkpoint via ml.engine.tf, SavedModel export); selects what the checks load.
       size: Bazel test size (default large: three trainer runs).
       tags: test tags.
       **kwargs: other py_test attributes (timeout, flaky, ...).
     """
+    if framework not in _FRAMEWORK_DEPS:
+        fail("ml_trainer_integration_test(%s): framework = %r; use one of %s" % (name, framework, ", ".join(sorted(_FRAMEWORK_DEPS))))
     spec = name + ".spec"
     trainer_it_spec(
         name = spec,
@@ -62,13 +73,14 @@ def ml_trainer_integration_test(name, trainer = ":train", args = [], steps = 24,
         trainer_args = args,
         steps = steps,
         checkpoint_every = checkpoint_every,
+        framework = framework,
         tags = ["manual"],
         visibility = ["//visibility:private"],
     )
     pytest_test(
         name = name,
         srcs = [_CHECKS],
-        deps = ["//ml/engine"],
+        deps = _FRAMEWORK_DEPS[framework] + ["@pypi//mlflow"],
         data = [trainer, ":" + spec],
         runner_args = ["--mlenv-env=MLENV_TRAINER_IT_SPEC=$(rootpath :%s)" % spec],
         size = size,
