@@ -1,8 +1,9 @@
 """Data-parallel training from 1 to N processes with one code path.
 
 - `--nproc N` on a plain command: `launch()` re-runs the same command as N worker processes on this machine
-  with the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and waits; if one
-  worker fails, the others are stopped and the launcher exits with its code.
+  under torchrun's elastic agent (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set) and waits; if
+  one worker fails, the others are stopped and the launcher exits with its code; a SIGTERM/SIGINT to the
+  launcher stops every worker.
 - Under torchrun (or any launcher that sets that environment, e.g. a Kubernetes job) `launch()` does nothing:
   the process joins the group it was given.
 - `init()` joins the process group: gloo on CPU, NCCL on CUDA (one device per local rank). World size 1
@@ -13,10 +14,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -53,51 +52,39 @@ class DistContext:
             dist.barrier()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def in_launched_worker() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def launch(nproc: int, argv: list[str] | None = None) -> int | None:
-    """Starts `nproc` workers running this same program; returns their exit code, or None to go on in-process."""
+    """Starts `nproc` workers running this same program; returns their exit code, or None to go on in-process.
+
+    The workers run under torchrun's elastic agent (`torch.distributed.run`, in this process): it sets the
+    torchrun environment, stops the group when one rank fails, and forwards SIGTERM/SIGINT/SIGHUP to every
+    rank, waits for them ($TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 30 s), then kills what is left.
+    """
     if nproc <= 1 or in_launched_worker():
         return None
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     argv = list(sys.argv if argv is None else argv)
     python = [sys.executable] + (["-S"] if sys.flags.no_site else [])  # keep Bazel's hermetic interpreter flags
-    port = _free_port()
-    procs = []
-    for rank in range(nproc):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(python + argv, env=env))
-    code = 0
+    # torchrun --standalone, built directly: torchrun's own parser would read the trainer's flags as its own.
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     try:
-        remaining = set(range(nproc))
-        while remaining:
-            for rank in list(remaining):
-                rc = procs[rank].poll()
-                if rc is None:
-                    continue
-                remaining.discard(rank)
-                if rc != 0 and code == 0:
-                    code = rc
-                    print(f"mlenv: worker rank {rank} exited with code {rc}; stopping the other workers",
-                          file=sys.stderr)
-                    for other in remaining:
-                        procs[other].send_signal(signal.SIGTERM)
-            time.sleep(0.05)
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            proc.wait()
-        return 130
-    return code
+        elastic_launch(config, entrypoint=python[0])(*python[1:], *argv)
+    except SignalException as exc:
+        print(f"mlenv: got {signal.Signals(int(exc.sigval)).name}; every worker was stopped", file=sys.stderr)
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        rank, first = min(exc.failures.items(), key=lambda item: item[1].timestamp)
+        print(f"mlenv: worker rank {rank} exited with code {first.exitcode}; the other workers were stopped",
+              file=sys.stderr)
+        return first.exitcode if 0 < first.exitcode < 256 else 1
+    return 0
 
 
 def _select_device(requested: str, local_rank: int) -> torch.device:
