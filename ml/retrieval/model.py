@@ -109,7 +109,9 @@ class TwoTower(keras.Model):
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        # Batch logs carry this batch's loss (what the run logs per step); Keras reports the tracker's epoch
+        # mean in the epoch logs and History, because the keys match `metrics`.
+        return {"loss": loss}
 
     @property
     def metrics(self):

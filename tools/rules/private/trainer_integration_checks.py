@@ -108,8 +108,16 @@ def test_sigkilled_run_resumes_to_identical_parameters(straight, workdir):
     run_dir = workdir / "killed"
     proc = subprocess.Popen(trainer_cmd(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     target = run_dir / "checkpoints" / f"ckpt-{KILL_AT:08d}"  # appears complete: renamed from its staging folder
+    pointer = run_dir / "checkpoints" / "latest"  # swapped after the rename: only then will --resume find it
+
+    def committed() -> bool:
+        try:
+            return target.exists() and pointer.read_text().strip() >= target.name
+        except FileNotFoundError:
+            return False
+
     deadline = time.monotonic() + SPEC["timeout_s"]
-    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not committed() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     if proc.poll() is not None:
         pytest.fail(f"the trainer exited ({proc.returncode}) before it could be killed after step {KILL_AT}; "
