@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ml.engine import checkpoint as ckpt
-from ml.engine import distributed
+from ml.engine import distributed, toolbox
 from ml.engine.config import TrainerConfig, config_to_dict, parse_config, save_config
 from ml.engine.errors import ConfigError, EngineError
 from ml.engine.export import ExportResult, export_model
@@ -264,8 +264,9 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
         tracker.log_artifact(run_dir / "config.json")
         writer = ScalarWriter(tensorboard_dir)
         print(f"mlenv: run {config.run_name} ({ctx.world_size} x {ctx.device}, {config.precision}, "
-              f"{total_steps} steps)\n  run dir:     {run_dir}\n  mlflow:      {target.tracking_uri} run {run_id}"
-              f"\n  tensorboard: tensorboard --logdir {tensorboard_dir}"
+              f"{total_steps} steps)\n  run dir:     {run_dir}\n"
+              + "\n".join(toolbox.closing_lines(tracking_uri=target.tracking_uri, run_id=run_id,
+                                                embedded=target.embedded, tensorboard_dir=tensorboard_dir))
               + (f"\n  resumed from {resumed_from} at step {position.global_step}" if resumed_from else ""),
               file=sys.stderr, flush=True)
 
@@ -393,8 +394,10 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
                 "run_id": tracker.run_id, "tracking_uri": target.tracking_uri, **outcome}, indent=2, sort_keys=True) + "\n")
             print(f"mlenv: done at step {step}: loss {last_loss:.4f}"
                   + "".join(f", {k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
-                  + f"\n  run dir:     {run_dir}\n  mlflow:      {target.tracking_uri} run {tracker.run_id}"
-                  + f"\n  tensorboard: {tensorboard_dir}"
+                  + f"\n  run dir:     {run_dir}\n"
+                  + "\n".join(toolbox.closing_lines(tracking_uri=target.tracking_uri, run_id=tracker.run_id,
+                                                    embedded=target.embedded, tensorboard_dir=tensorboard_dir,
+                                                    profile_dir=run_dir / "profile" if config.profile else None))
                   + (f"\n  exported:    {export.folder} ({export.artifact.name})" if export else ""),
                   file=sys.stderr, flush=True)
         status = "FINISHED"
