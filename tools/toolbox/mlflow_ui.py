@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
 from tools.toolbox import compare
 from tools.toolbox.runs import Store, check_store, find_run, resolve_store
-from tools.toolbox.serve import ToolboxError, choose_port, describe_binding, python_command, run_server, url_host
+from tools.toolbox.serve import ToolboxError, choose_port, describe_binding, is_loopback, python_command, run_server, url_host
 
 __all__ = ["main", "server_command"]
 
@@ -40,15 +41,20 @@ def _parser() -> argparse.ArgumentParser:
                         help="interface to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}, or a free one if it is taken; "
                                                  f"0: any free port; a given port that is taken is an error)")
+    parser.add_argument("--allowed-hosts", metavar="HOSTS",
+                        help="with --host 0.0.0.0: host names other machines use to reach it, comma-separated "
+                             "(MLflow answers only requests addressed to localhost otherwise)")
     parser.add_argument("--run", metavar="RUN", help="a run id or run name: print the URL of its page")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="print params and final metrics of two runs side by side, and exit")
     return parser
 
 
-def server_command(store: Store, host: str, port: int) -> list[str]:
+def server_command(store: Store, host: str, port: int, allowed_hosts: str | None = None) -> list[str]:
     command = python_command("-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", host,
                              "--port", str(port), "--workers", "1")
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
     if store.artifact_root:
         # New experiments and proxied uploads land beside the trainers' artifacts, never in Bazel's runfiles.
         command += ["--default-artifact-root", store.artifact_root, "--artifacts-destination", store.artifact_root]
@@ -88,9 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine because a UI was opened
     env.setdefault("DO_NOT_TRACK", "true")
+    # The server's job runner serves GenAI jobs (scorers, prompt optimisation): one more process, unused here.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(f"{TOOL}: starting the MLflow server on {args.host}:{port} (store {store.uri}); "
           f"it takes ~20 s on a busy 2-core machine", file=sys.stderr, flush=True)
-    return run_server(server_command(store, args.host, port), tool=TOOL, health_url=f"{base}/health",
+    if not is_loopback(args.host) and not args.allowed_hosts:
+        print(f"{TOOL}: note: MLflow answers only requests addressed to localhost; for other machines pass "
+              f"--allowed-hosts with the name they use (e.g. --allowed-hosts {socket.gethostname()}:{port})",
+              file=sys.stderr)
+    return run_server(server_command(store, args.host, port, args.allowed_hosts), tool=TOOL, health_url=f"{base}/health",
                       announce=announce, env=env)
 
 

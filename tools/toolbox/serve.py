@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ToolboxError", "choose_port", "describe_binding", "python_command", "run_server", "url_host",
+__all__ = ["ToolboxError", "choose_port", "describe_binding", "is_loopback", "python_command", "run_server", "url_host",
            "user_path", "workspace"]
 
 
@@ -49,7 +49,7 @@ def python_command(*args: str) -> list[str]:
     return [sys.executable, *(["-S"] if sys.flags.no_site else []), *args]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -66,7 +66,7 @@ def url_host(host: str) -> str:
 
 
 def describe_binding(host: str) -> str:
-    if _is_loopback(host):
+    if is_loopback(host):
         return f"listening on {host} only (loopback: this machine); pass --host 0.0.0.0 to share it on the network"
     return f"listening on {host}: reachable from the network, with no authentication"
 

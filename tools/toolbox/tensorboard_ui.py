@@ -20,8 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools.toolbox.serve import (ToolboxError, choose_port, describe_binding, python_command, run_server, url_host,
-                                 user_path, workspace)
+from tools.toolbox.serve import ToolboxError, choose_port, describe_binding, python_command, run_server, url_host, user_path, workspace
 
 __all__ = ["find_event_files", "find_traces", "main"]
 
