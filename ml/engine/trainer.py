@@ -378,6 +378,8 @@ def _train(config: TrainerConfig, task: Task, ctx: distributed.DistContext, clie
             curve = _save_loss_curve(history, run_dir / "loss_curve.png")
             if curve:
                 tracker.log_artifact(curve)
+            if (run_dir / "figures").is_dir():  # a task's evaluation figures (e.g. ml/engine/figures.py)
+                tracker.log_artifact(run_dir / "figures", "figures")
             if last_checkpoint:
                 tracker.log_artifact(last_checkpoint, "checkpoint")
             if config.export:
