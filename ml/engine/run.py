@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ml.engine import toolbox
 from ml.engine.checkpoint import Checkpoint, CheckpointStore, config_digest
 from ml.engine.config import config_to_dict, save_config
 from ml.engine.errors import EngineError
@@ -296,12 +297,16 @@ class Run:
         return self.store.latest()
 
     # -- console and results -----------------------------------------------------------------------------
+    def _toolbox_lines(self, profile_dir: Path | None = None) -> list[str]:
+        """The MLflow and TensorBoard commands that open this run (and where profiler traces went)."""
+        return toolbox.closing_lines(tracking_uri=redact(self.target.tracking_uri), run_id=self.run_id,
+                                     embedded=self.target.embedded, tensorboard_dir=self.tensorboard_dir,
+                                     profile_dir=profile_dir)
+
     def print_banner(self, headline: str) -> None:
         if not self.is_primary:
             return
-        lines = [f"mlenv: {headline}", f"  run dir:     {self.dir}",
-                 f"  mlflow:      {redact(self.target.tracking_uri)} run {self.run_id}",
-                 f"  tensorboard: tensorboard --logdir {self.tensorboard_dir}"]
+        lines = [f"mlenv: {headline}", f"  run dir:     {self.dir}", *self._toolbox_lines()]
         if self.resume_from is not None:
             lines.append(f"  resumed from {self.resume_from.path} at step {self.resume_from.step}")
         print("\n".join(lines), file=sys.stderr, flush=True)
@@ -309,9 +314,7 @@ class Run:
     def print_summary(self, headline: str) -> None:
         if not self.is_primary:
             return
-        lines = [f"mlenv: {headline}", f"  run dir:     {self.dir}",
-                 f"  mlflow:      {redact(self.target.tracking_uri)} run {self.run_id}",
-                 f"  tensorboard: {self.tensorboard_dir}"]
+        lines = [f"mlenv: {headline}", f"  run dir:     {self.dir}", *self._toolbox_lines(self.dir / "profile")]
         lines += [f"  exported:    {folder}" for folder in self.exports]
         print("\n".join(lines), file=sys.stderr, flush=True)
 

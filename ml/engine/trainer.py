@@ -291,6 +291,8 @@ def _train(config: TrainerConfig, task: Task, r: engine_run.Run, t: TorchRun) ->
         curve = _save_loss_curve(history, r.dir / "loss_curve.png")
         if curve:
             r.log_artifact(curve)
+        if (r.dir / "figures").is_dir():  # a task's evaluation figures (e.g. ml/engine/figures.py)
+            r.log_artifact(r.dir / "figures", "figures")
         r.log_artifact(last_checkpoint, "checkpoint")
         r.write_result(global_step=step, final_loss=last_loss, eval_metrics=eval_metrics)
         r.print_summary(f"done at step {step}: loss {last_loss:.4f}"

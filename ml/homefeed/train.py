@@ -24,6 +24,7 @@ import torch
 
 from ml.engine.config import TrainerConfig
 from ml.engine.errors import ConfigError
+from ml.engine.figures import expected_calibration_error, save_ranking_figures
 from ml.engine.metrics import log_loss, roc_auc
 from ml.engine.tracking import workspace_dir
 from ml.engine.trainer import run
@@ -182,12 +183,19 @@ class HomefeedTask:
             items.append(batch["item_id"].numpy())
         base_click, base_save = self._baseline.predict(np.concatenate(items))
         metrics = {}
+        heads, baselines = {}, {}
         for head, base in (("click", base_click), ("save", base_save)):
             y, p = np.concatenate(labels[head]), np.concatenate(probs[head])
             metrics[f"{head}_auc"] = roc_auc(y, p)
             metrics[f"{head}_logloss"] = log_loss(y, p)
+            metrics[f"{head}_ece"] = expected_calibration_error(y, p)
             metrics[f"baseline_{head}_auc"] = roc_auc(y, base)
             metrics[f"baseline_{head}_logloss"] = log_loss(y, base)
+            heads[head], baselines[head] = (y, p), base
+        if config.run_dir:
+            # The latest evaluation's reliability and ROC curves; the engine logs <run>/figures to MLflow.
+            save_ranking_figures(heads, Path(config.run_dir) / "figures", baselines=baselines,
+                                 title=f"homefeed eval ({len(heads['click'][0])} rows)")
         return metrics
 
     def example_inputs(self, config: HomefeedConfig):

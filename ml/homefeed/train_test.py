@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -57,6 +58,12 @@ def test_trains_beats_popularity_and_exports(tmp_path):
     m = result.eval_metrics
     assert m["click_auc"] > m["baseline_click_auc"], m
     assert result.final_loss < 1.2 and result.export is not None
+    # What MLflow's run page plots: eval metrics once per epoch, and the evaluation figures per head.
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert [p.step for p in client.get_metric_history(result.run_id, "eval/click_auc")] == [32, 64]
+    assert 0 <= m["click_ece"] < 0.25 and 0 <= m["save_ece"] < 0.25, m
+    figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
+    assert figures == {"figures/reliability.png", "figures/roc.png"}, figures
     inputs, outputs = load_golden(result.export.folder)
     got = load_exported(result.export.folder)(*inputs)
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, outputs))
