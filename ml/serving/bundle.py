@@ -19,9 +19,10 @@ bundle.
 
 What verify() guarantees, and what not:
 - Every path the manifest names (the artifact, the golden file, each entry of `files`) must be a relative
-  path inside the bundle, listed in `files` and hashed; symbolic links are refused. verify() reads each file
-  once and keeps the verified bytes: load_model() and check_golden() load from those bytes, never by path
-  again, so a file swapped between the check and the load is never used.
+  path inside the bundle, listed in `files` and hashed. Files may be symbolic links (Bazel's runfiles are):
+  what is hashed is the content read through them. verify() reads each file once and keeps the verified
+  bytes: load_model() and check_golden() load from those bytes, never by path again, so a file swapped
+  between the check and the load is never used.
 - Integrity is not authenticity: the hashes live in bundle.json itself, so whoever can write the model
   repository can write a new bundle.json with new hashes. To stop that, sign bundles (`sign()`, or
   make_bundle --sign-key) with an Ed25519 key and give the server the public key (--bundle-public-key): it
@@ -168,13 +169,13 @@ def _inside(manifest_path: Path, what: str, rel: Any) -> str:
 
 
 def _read_regular(path: Path, rel: str) -> bytes:
-    """The bytes of bundle file `rel`, read through one descriptor that is not a symbolic link."""
+    """The bytes of bundle file `rel`, read once through one descriptor (hashed, then loaded from memory)."""
     try:
-        fd = os.open(path / rel, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path / rel, os.O_RDONLY)
     except FileNotFoundError:
         raise BundleError(f"{path}: {rel} is listed in bundle.json but missing") from None
     except OSError as exc:
-        raise BundleError(f"{path}: cannot read {rel}: {exc.strerror} (a symbolic link? bundles hold files only)") from None
+        raise BundleError(f"{path}: cannot read {rel}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise BundleError(f"{path}: {rel} is not a regular file")
@@ -189,9 +190,6 @@ def verify(path: Path, public_key: Any = None) -> Bundle:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path} is not a bundle: no bundle.json")
-    links = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_symlink())
-    if links:
-        raise BundleError(f"{path}: symbolic links in the bundle: {', '.join(links)}; a bundle holds plain files only")
     manifest_bytes = _read_regular(path, MANIFEST)
     if public_key is not None:
         _check_signature(path, manifest_bytes, public_key)
