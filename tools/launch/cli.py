@@ -176,7 +176,7 @@ def _k8s(spec: LaunchSpec, opts: argparse.Namespace) -> int:
     if not opts.skip_push_check:
         image_mod.check_pushed(image)
     submit.apply(api, objects, spec.namespace or namespace)
-    return submit.follow(api, client_mod, spec.job_name(), spec.namespace or namespace, detach=spec.detach)
+    return submit.follow(api, client_mod, objects, spec.job_name(), spec.namespace or namespace, detach=spec.detach)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,6 +177,7 @@ def test_stale_digest_file_is_refused(image_info):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--repository", "registry.example.com/ml/homefeed:latest"], "without a tag or digest"),
     (["--flavor", "pytorchjob"], "unknown --flavor 'pytorchjob'"),
+    (["--flavor", "rayjob"], "--flavor rayjob is not available in this build"),
     (["--toleration", "dedicated=ml"], "KEY[=VALUE]:EFFECT"),
     (["--secret-env", "TOKEN=only-a-name"], "must be SECRET:KEY"),
     (["--name", "Homefeed_Train"], "not a valid Kubernetes name"),

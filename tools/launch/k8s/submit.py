@@ -13,7 +13,7 @@ import time
 
 from tools.launch.spec import LaunchError
 
-__all__ = ["load_context", "apply", "follow"]
+__all__ = ["load_context", "apply", "delete", "follow"]
 
 _POLL_S = 5
 
@@ -53,7 +53,17 @@ def apply(api, objects: list[dict], namespace: str) -> list:
     return created
 
 
-def follow(api, client_mod, name: str, namespace: str, *, detach: bool) -> int:
+def delete(api, objects: list[dict], namespace: str) -> None:
+    from kubernetes import dynamic
+
+    dyn = dynamic.DynamicClient(api)
+    for obj in objects:
+        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        resource.delete(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace", namespace),
+                        body={"propagationPolicy": "Foreground"})
+
+
+def follow(api, client_mod, objects: list[dict], name: str, namespace: str, *, detach: bool) -> int:
     """Streams rank 0's log and waits for the job's pods to finish; Ctrl-C asks whether to delete the job."""
     if detach:
         print(f"launch: detached; follow with kubectl -n {namespace} logs -f -l mlenv.dev/job={name}", file=sys.stderr)
@@ -80,6 +90,6 @@ def follow(api, client_mod, name: str, namespace: str, *, detach: bool) -> int:
     except KeyboardInterrupt:
         answer = input(f"\nlaunch: delete the job {name} in {namespace}? [y/N] ").strip().lower()
         if answer == "y":
-            client_mod.BatchV1Api(api).delete_collection_namespaced_job(namespace, label_selector=selector)
+            delete(api, objects, namespace)
             print("launch: deleted", file=sys.stderr)
         return 130
