@@ -17,6 +17,7 @@ The spec (trainer path, steps, arguments) comes from $MLENV_TRAINER_IT_SPEC (wri
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,9 +58,11 @@ def straight(workdir):
 
 
 def run_id_of(stderr: str) -> str:
+    """The MLflow run id from the trainer's `mlflow:` line (`... --run ID` in the toolbox command it prints)."""
     for line in stderr.splitlines():
-        if "mlflow:" in line and " run " in line:
-            return line.rsplit(" run ", 1)[1].strip()
+        found = re.search(r"(?:--run|\brun) ([0-9a-f]{32})\b", line) if "mlflow:" in line else None
+        if found:
+            return found.group(1)
     raise AssertionError(f"the trainer did not print its MLflow run id:\n{stderr[-3000:]}")
 
 
