@@ -14,7 +14,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from ml.engine import checkpoint as ckpt
+from ml.engine.checkpoint import Checkpoint, CheckpointStore
+from ml.engine.torch.state import load_model_state
 
 LAUNCH = "tools/launch/homefeed_launch"
 TINY = ["--batch-size", "128", "--log-every", "4", "--epochs", "1", "--no-export", "--checkpoint-every", "4",
@@ -36,8 +37,12 @@ def tracking_uri(folder: Path) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def latest(run_dir: Path) -> Checkpoint | None:
+    return CheckpointStore(run_dir / "checkpoints", keep=1).latest(check_config=False)
+
+
 def final_params(run_dir: Path) -> dict:
-    return torch.load(ckpt.latest_checkpoint(run_dir / "checkpoints"), weights_only=True)["model"]
+    return load_model_state(latest(run_dir).path)
 
 
 def test_two_ranks_train_and_a_sigtermed_run_resumes_to_the_same_state(tmp_path):
@@ -49,14 +54,14 @@ def test_two_ranks_train_and_a_sigtermed_run_resumes_to_the_same_state(tmp_path)
     cut = tmp_path / "cut"
     first = launch(cut)
     deadline = time.monotonic() + 600
-    while ckpt.latest_checkpoint(cut / "checkpoints") is None:
+    while latest(cut) is None:
         assert first.poll() is None, first.communicate()[0][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.2)
     first.send_signal(signal.SIGTERM)
     log = first.communicate(timeout=120)[0]
     assert first.returncode == 128 + signal.SIGTERM, log[-3000:]
-    stopped_at = int(ckpt.latest_checkpoint(cut / "checkpoints").name.split("-")[1].split(".")[0])
+    stopped_at = latest(cut).step
     assert 0 < stopped_at < STEPS, "the run finished before the SIGTERM; nothing was resumed"
 
     again = launch(cut, "--resume")
