@@ -225,7 +225,7 @@ def test_full_run_reports_junit_and_fails_on_a_failing_test(tree, tmp_path, caps
     assert "buildifier: FAILED" in out and "tools/bazel run //ci:fix" in out
     assert "skipped: GPU lane" not in out  # c and d have no GPU tests
     junit = out_dir / "junit/cpu"
-    cases = {p.relative_to(junit).parent.as_posix(): ET.parse(p).getroot() for p in junit.rglob("test.xml")}
+    cases = {p.relative_to(junit).parent.as_posix(): ET.parse(p).getroot() for p in junit.rglob("test.xml")}  # noqa: S314 - Bazel's own test.xml
     assert sorted(cases) == ["c/c_test", "d/d_test"]
     assert cases["d/d_test"].find(".//failure") is not None or cases["d/d_test"].find(".//error") is not None
     assert (out_dir / "summary.txt").read_text().endswith("\n") and "presubmit FAILED" in out

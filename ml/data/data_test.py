@@ -42,7 +42,7 @@ def test_skip_batches_resumes_exactly(shards):
     full = list(parquet.ParquetBatches(shards, 50, seed=1, epoch=3))
     resumed = list(parquet.ParquetBatches(shards, 50, seed=1, epoch=3, skip_batches=7))
     assert len(resumed) == len(full) - 7
-    for a, b in zip(full[7:], resumed):
+    for a, b in zip(full[7:], resumed, strict=True):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])

@@ -115,10 +115,7 @@ def validate_schema(schema: pa.Schema, *, where: str = "schema") -> None:
             continue
         got = schema.field(idx).type
         want_value = _value_type(field.type)
-        if want_value is not None:
-            ok = _value_type(got) == want_value
-        else:
-            ok = got == field.type
+        ok = _value_type(got) == want_value if want_value is not None else got == field.type
         if not ok:
             problems.append(f"column '{field.name}' has type {got}, expected {field.type}")
     if problems:

@@ -144,13 +144,13 @@ def export_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
 
     signature = {
         "format": fmt,
-        "inputs": [_spec(n, t) for n, t in zip(input_names, example_inputs)],
-        "outputs": [_spec(n, t) for n, t in zip(output_names, expected)],
+        "inputs": [_spec(n, t) for n, t in zip(input_names, example_inputs, strict=True)],
+        "outputs": [_spec(n, t) for n, t in zip(output_names, expected, strict=True)],
     }
     (folder / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
     write_npz(folder / "golden.npz",
-              {**{"input." + n: t.numpy() for n, t in zip(input_names, example_inputs)},
-               **{"output." + n: t.numpy() for n, t in zip(output_names, expected)}})
+              {**{"input." + n: t.numpy() for n, t in zip(input_names, example_inputs, strict=True)},
+               **{"output." + n: t.numpy() for n, t in zip(output_names, expected, strict=True)}})
 
     # Load what we wrote, as a server would, and compare on the golden batch and on a smaller one.
     loaded = load_exported(folder)
@@ -160,7 +160,7 @@ def export_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
                          (tuple(t[:half] for t in example_inputs), tuple(t[:half] for t in expected))):
         with torch.no_grad():
             got = _as_tuple(loaded(*inputs))
-        for name, g, w in zip(output_names, got, want):
+        for name, g, w in zip(output_names, got, want, strict=True):
             if g.shape != w.shape:
                 raise ExportError(f"exported output {name} has shape {tuple(g.shape)}, eager {tuple(w.shape)} "
                                   f"(batch {inputs[0].shape[0]}): the batch dimension is not dynamic")

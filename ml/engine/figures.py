@@ -67,7 +67,7 @@ def save_ranking_figures(heads: Mapping[str, tuple[np.ndarray, np.ndarray]], fol
     paths = []
     for kind in ("reliability", "roc"):
         fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), dpi=100, squeeze=False)
-        for ax, name in zip(axes[0], names):
+        for ax, name in zip(axes[0], names, strict=True):
             labels, probs = heads[name]
             curves = [("model", probs, "-")] + ([("baseline", baselines[name], "--")] if name in baselines else [])
             for label, values, style in curves:

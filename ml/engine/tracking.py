@@ -86,7 +86,7 @@ class Tracker:
         if not self.enabled:
             return None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.local_log, "a", buffering=1)
+        self._file = open(self.local_log, "a", buffering=1)  # noqa: SIM115 - open for the run, closed by end()
         self._record({"kind": "start", "experiment": self.experiment, "run_name": self.run_name,
                       "params": {k: str(v) for k, v in params.items()}, "tags": tags})
         try:

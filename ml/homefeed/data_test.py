@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import itertools
 import types
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _keys(batches: list[dict[str, torch.Tensor]]) -> list[tuple[int, int, int, i
     out = []
     for b in batches:
         cols = [b[k].tolist() for k in ("row_id", "user_id", "item_id", "position")]
-        out.extend(zip(*cols))
+        out.extend(zip(*cols, strict=True))
     return out
 
 
@@ -271,7 +272,7 @@ def test_streams_cover_every_row_exactly_once(
     monkeypatch: pytest.MonkeyPatch, shards: list[Path], world_size: int, num_workers: int, drop_last: bool
 ) -> None:
     expected = collections.Counter(
-        zip(*(_all_rows(shards)[k].to_pylist() for k in ("row_id", "user_id", "item_id", "position")))
+        zip(*(_all_rows(shards)[k].to_pylist() for k in ("row_id", "user_id", "item_id", "position")), strict=True)
     )
     got: collections.Counter = collections.Counter()
     for rank in range(world_size):
@@ -284,7 +285,7 @@ def test_streams_cover_every_row_exactly_once(
 
 def test_dataloader_workers_and_ranks_cover_every_row_exactly_once(shards: list[Path]) -> None:
     expected = collections.Counter(
-        zip(*(_all_rows(shards)[k].to_pylist() for k in ("row_id", "user_id", "item_id", "position")))
+        zip(*(_all_rows(shards)[k].to_pylist() for k in ("row_id", "user_id", "item_id", "position")), strict=True)
     )
     got: collections.Counter = collections.Counter()
     per_rank = []
@@ -309,7 +310,7 @@ def test_epoch_changes_order_reproducibly(shards: list[Path]) -> None:
     assert e0 != e1 and sorted(e0) == sorted(e1) == list(range(2003))
     assert order(0) != [r for b in data.ParquetStream(shards, 128, seed=10) for r in b["row_id"].tolist()]
     # Shuffling actually mixes rows, not just whole files.
-    assert sum(a + 1 == b for a, b in zip(e0, e0[1:])) < 200
+    assert sum(a + 1 == b for a, b in itertools.pairwise(e0)) < 200
     unshuffled = [r for b in data.ParquetStream(shards, 128, shuffle=False) for r in b["row_id"].tolist()]
     assert unshuffled == list(range(2003))
 
@@ -321,7 +322,7 @@ def test_skip_batches_resumes_at_the_same_position(shards: list[Path], shuffle: 
     full = list(data.ParquetStream(shards, 50, **kw))
     resumed = list(data.ParquetStream(shards, 50, skip_batches=skip, **kw))
     assert len(resumed) == max(len(full) - skip, 0)
-    for a, b in zip(full[skip:], resumed):
+    for a, b in zip(full[skip:], resumed, strict=True):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -362,6 +363,6 @@ def test_stream_row_ranges_partition() -> None:
         for n in (1, 2, 3, 8):
             ranges = [data.stream_row_range(total, s, n) for s in range(n)]
             assert ranges[0][0] == 0 and ranges[-1][1] == total
-            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
             sizes = [hi - lo for lo, hi in ranges]
             assert max(sizes) - min(sizes) <= 1

@@ -47,7 +47,7 @@ def test_autocast_matches_fp32(batch, dtype):
         ref = net(*model.batch_inputs(batch))
         with torch.autocast(DEVICE.type, dtype=dtype):
             low = net(*model.batch_inputs(batch))
-    for r, l in zip(ref, low):
+    for r, l in zip(ref, low, strict=True):
         assert torch.isfinite(l).all()
         assert (torch.sigmoid(r) - torch.sigmoid(l.float())).abs().max() < 0.05
 

@@ -43,7 +43,7 @@ def registry(tmp_path_factory):
     config = work / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {work / 'storage'}\n"
                       f"http:\n  addr: 127.0.0.1:{port}\n")
-    log = open(work / "registry.log", "w")
+    log = open(work / "registry.log", "w")  # noqa: SIM115 - the registry writes it until stopped
     proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:

@@ -74,7 +74,7 @@ def test_serve_image_answers_tritonclient_with_the_golden_outputs(runner):
     image = runner.load(SERVE_TAR)
     port, metrics = free_port(), free_port()
     name = f"mlenv-serve-{port}"
-    log = open(Path(os.environ["TEST_TMPDIR"]) / "serve.log", "w+")
+    log = open(Path(os.environ["TEST_TMPDIR"]) / "serve.log", "w+")  # noqa: SIM115 - the server writes it until stopped
     proc = runner.run(image, ["--repository=/models", "--host=127.0.0.1", f"--port={port}", f"--metrics-port={metrics}"],
                       name=name, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -87,18 +87,18 @@ def test_serve_image_answers_tritonclient_with_the_golden_outputs(runner):
             try:
                 if client.is_server_ready():
                     break
-            except Exception:  # not listening yet
+            except Exception:  # noqa: BLE001 - not listening yet: any client error means "not yet"
                 pass
             assert time.monotonic() < deadline, "server not ready in 240 s:\n" + Path(log.name).read_text()[-3000:]
             time.sleep(0.5)
         assert client.is_model_ready("homefeed", "1")
         request = []
-        for spec, array in zip(b.signature["inputs"], inputs):
+        for spec, array in zip(b.signature["inputs"], inputs, strict=True):
             tensor = triton.InferInput(spec["name"], list(array.shape), server.TORCH_TO_OIP[spec["dtype"]])
             tensor.set_data_from_numpy(np.ascontiguousarray(array))
             request.append(tensor)
         result = client.infer("homefeed", request)
-        for spec, want in zip(b.signature["outputs"], expected):
+        for spec, want in zip(b.signature["outputs"], expected, strict=True):
             np.testing.assert_allclose(result.as_numpy(spec["name"]), want, rtol=0, atol=1e-5)
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
         assert 'model="homefeed"' in text

@@ -15,6 +15,7 @@ reserved "unknown" row instead of crashing serving.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ class HomefeedRanker(nn.Module):
         self.cross = CrossNetwork(in_dim, config.cross_layers)
         dims = (in_dim, *config.mlp_dims)
         mlp: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in itertools.pairwise(dims):
             mlp += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(config.dropout)]
         self.deep = nn.Sequential(*mlp)
         self.click_head = nn.Linear(in_dim + config.mlp_dims[-1], 1)
@@ -241,7 +242,7 @@ class HomefeedRanker(nn.Module):
         cfg = self.config
         want = {"context": len(cfg.context_cardinalities), "dense": cfg.num_dense}
         got = {"context": context.shape[-1], "dense": dense.shape[-1]}
-        for name, t in zip(("hist_items", "hist_actions", "hist_gaps"), hist):
+        for name, t in zip(("hist_items", "hist_actions", "hist_gaps"), hist, strict=True):
             want[name], got[name] = cfg.seq_len, t.shape[-1]
         for name in want:
             if got[name] != want[name]:

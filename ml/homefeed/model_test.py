@@ -116,9 +116,9 @@ def test_output_shapes_and_dtypes() -> None:
 
 def test_batch_inputs_picks_inputs_in_order() -> None:
     x = _inputs(4)
-    batch = dict(zip(model.INPUT_NAMES, x), click=torch.zeros(4), save=torch.zeros(4), row_id=torch.arange(4))
+    batch = dict(zip(model.INPUT_NAMES, x, strict=True), click=torch.zeros(4), save=torch.zeros(4), row_id=torch.arange(4))
     picked = model.batch_inputs(batch)
-    assert len(picked) == len(model.INPUT_NAMES) and all(a is b for a, b in zip(picked, x))
+    assert len(picked) == len(model.INPUT_NAMES) and all(a is b for a, b in zip(picked, x, strict=True))
     del batch["hist_gaps"]
     with pytest.raises(ValueError, match="hist_gaps"):
         model.batch_inputs(batch)
@@ -238,7 +238,7 @@ def test_jit_trace_matches_eager_on_other_batch_size() -> None:
     with torch.no_grad():
         want = m(*x)
         got = traced(*x)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a.shape == (13,)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -254,7 +254,7 @@ def test_torch_export_dynamic_batch_matches_eager(tmp_path: Path) -> None:
         with torch.no_grad():
             want = m(*x)
             got = loaded(*x)
-        for a, b in zip(got, want):
+        for a, b in zip(got, want, strict=True):
             assert a.shape == (batch,)
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 

@@ -19,7 +19,7 @@ BUNDLE = Path("ml/homefeed/bundle")
 
 def request(client, arrays, names, types):
     inputs = []
-    for name, array, dtype in zip(names, arrays, types):
+    for name, array, dtype in zip(names, arrays, types, strict=True):
         tensor = triton.InferInput(name, list(array.shape), dtype)
         tensor.set_data_from_numpy(np.ascontiguousarray(array))
         inputs.append(tensor)
@@ -37,7 +37,7 @@ def test_outputs_over_grpc_equal_the_trainers_in_memory_model():
     try:
         with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as client:
             whole = request(client, inputs, names, types)
-            for name, want in zip(outputs, expected):
+            for name, want in zip(outputs, expected, strict=True):
                 np.testing.assert_array_equal(whole.as_numpy(name), want)  # same batch, same bytes
 
         def single(row):
@@ -46,7 +46,7 @@ def test_outputs_over_grpc_equal_the_trainers_in_memory_model():
 
         with ThreadPoolExecutor(len(inputs[0])) as pool:
             rows = list(pool.map(single, range(len(inputs[0]))))
-        for name, want in zip(outputs, expected):
+        for name, want in zip(outputs, expected, strict=True):
             got = np.concatenate([r.as_numpy(name) for r in rows])
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     finally:

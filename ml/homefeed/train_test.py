@@ -66,7 +66,7 @@ def test_trains_beats_popularity_and_exports(tmp_path):
     assert figures == {"figures/reliability.png", "figures/roc.png"}, figures
     inputs, outputs = load_golden(result.export.folder)
     got = load_exported(result.export.folder)(*inputs)
-    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, outputs))
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, outputs, strict=True))
 
 
 def test_interrupted_run_resumes_to_identical_parameters(tmp_path):

@@ -107,7 +107,7 @@ class TwoTower(keras.Model):
             loss = in_batch_softmax_loss(q, i, data["item_id"], self.log_q, self.cfg.temperature)
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         self.loss_tracker.update_state(loss)
         # Batch logs carry this batch's loss (what the run logs per step); Keras reports the tracker's epoch
         # mean in the epoch logs and History, because the keys match `metrics`.

@@ -55,11 +55,11 @@ def test_dataset_yields_the_clicks_of_each_reader_batch_and_resumes(shards):
     kw = dict(seq_len=WORLD.seq_len, num_context=WORLD.num_categorical, seed=1, steps_per_epoch=spe)
     full = [b for b in data.train_dataset(train, 500, **kw).take(spe + 3).as_numpy_iterator()]
     reader = list(parquet.ParquetBatches(train, 500, seed=1, drop_last=True))
-    for got, raw in zip(full[:spe], reader):
+    for got, raw in zip(full[:spe], reader, strict=True):
         np.testing.assert_array_equal(got["item_id"], raw["item_id"][raw["click"] > 0.5])
     assert sum(len(b["item_id"]) for b in full[:spe]) > 0.05 * spe * 500  # clicks are not rare
     resumed = list(data.train_dataset(train, 500, start_epoch=0, skip_batches=spe - 2, **kw).take(5).as_numpy_iterator())
-    for a, b in zip(full[spe - 2:], resumed):
+    for a, b in zip(full[spe - 2:], resumed, strict=True):
         for k in data.FEATURES:
             np.testing.assert_array_equal(a[k], b[k])
 

@@ -156,7 +156,9 @@ def train(config: RetrievalTrainConfig) -> int:
     from ml.retrieval import data, model
 
     strat, penv = strategy.select_strategy()
-    assert strategy.fit_supported(strat)
+    if not strategy.fit_supported(strat):
+        raise SystemExit(f"retrieval trains with model.fit, which {type(strat).__name__} does not support here; "
+                         "run it as one process (no --nproc / WORLD_SIZE=1)")
     precision.set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
     with run.start(config, project="retrieval") as r:

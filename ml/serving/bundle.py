@@ -354,7 +354,7 @@ def check_golden(bundle: Bundle, model=None, *, device: str = "cpu", atol: float
     bundle_atol = float(bundle.manifest["golden"]["atol"])
     tolerance = bundle_atol if atol is None else atol
     worst = 0.0
-    for spec, g, want in zip(bundle.signature["outputs"], got, expected):
+    for spec, g, want in zip(bundle.signature["outputs"], got, expected, strict=True):
         g = g.detach().cpu().numpy()
         diff = float(np.max(np.abs(g.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
         worst = max(worst, diff)

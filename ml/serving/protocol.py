@@ -115,7 +115,7 @@ def decode_inputs(request: pb.ModelInferRequest, model: LoadedModel, max_rows: i
                            f"{len(raw)} raw_input_contents for {len(tensors)} inputs: send one per input")
     arrays: list[np.ndarray] = []
     rows = None
-    for spec, i in zip(model.input_specs, order or range(len(tensors))):
+    for spec, i in zip(model.input_specs, order or range(len(tensors)), strict=True):
         tensor = tensors[i]
         if tensor.datatype != spec.datatype:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -158,7 +158,7 @@ def encode_outputs(request: pb.ModelInferRequest, model: LoadedModel, outputs: l
                     ) -> pb.ModelInferResponse:
     wanted = [o.name for o in request.outputs]
     tensors, contents = [], []
-    for name, array in zip(model.output_names, outputs):
+    for name, array in zip(model.output_names, outputs, strict=True):
         if wanted and name not in wanted:
             continue
         datatype = _OIP_OF_DTYPE.get(array.dtype.newbyteorder("="))

@@ -4,6 +4,7 @@ load, golden replay) before they become visible, retiring old ones, and rescanni
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -149,16 +150,12 @@ class ModelRepository:
         for code in list(model._counters):
             self.metrics.requests.remove(name, version, code)
         for family in (self.metrics.queue, self.metrics.batch):
-            try:
+            with contextlib.suppress(KeyError):  # never observed
                 family.remove(model.batcher.name)
-            except KeyError:
-                pass  # never observed
         if not self._models.get(name):
             self._models.pop(name, None)
-            try:
+            with contextlib.suppress(KeyError):
                 self.metrics.latency.remove(name)
-            except KeyError:
-                pass
 
     def get(self, name: str, version: str = "") -> LoadedModel:
         with self._lock:

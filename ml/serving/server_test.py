@@ -347,7 +347,7 @@ def test_requests_that_queue_while_the_model_is_busy_run_as_one_batch_with_their
             time.sleep(0.1)  # the first batch is running; these four queue up behind it
             rest = [pool.submit(batcher.submit, [np.arange(n, dtype=np.float64) + 10 * n], n, 10) for n in (1, 2, 3, 4)]
             np.testing.assert_array_equal(first.result()[0], [200.0])
-            for n, future in zip((1, 2, 3, 4), rest):
+            for n, future in zip((1, 2, 3, 4), rest, strict=True):
                 np.testing.assert_array_equal(future.result()[0], (np.arange(n) + 10 * n) * 2)
         assert [rows for _, rows in model.calls] == [1, 10]
     finally:

@@ -228,7 +228,7 @@ class Registry:
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
         )
         self.push_bugs: set[str] = set()
-        self.log = open(workdir / "registry.log", "w")
+        self.log = open(workdir / "registry.log", "w")  # noqa: SIM115 - written until stop()
         self.proc = subprocess.Popen(["/usr/bin/docker-registry", "serve", str(config)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -380,19 +380,19 @@ def probe_main(args: list[str]) -> int:
                 if client.is_server_ready():
                     result["ready"] = time.monotonic()
                     break
-            except Exception:  # noqa: BLE001 -- not listening yet: any gRPC error means "not yet"
+            except Exception:  # noqa: BLE001, S110 -- not listening yet: any gRPC error means "not yet"
                 pass
             time.sleep(0.05)
         while True:
             try:
                 tensors = []
-                for name, array, dtype in zip(names, inputs, types):
+                for name, array, dtype in zip(names, inputs, types, strict=True):
                     t = triton.InferInput(name, list(array.shape), dtype)
                     t.set_data_from_numpy(np.ascontiguousarray(array))
                     tensors.append(t)
                 reply = client.infer(b.name, tensors)
                 result["first_inference"] = time.monotonic()
-                worst = max(float(np.max(np.abs(reply.as_numpy(n) - e))) for n, e in zip(outputs, expected))
+                worst = max(float(np.max(np.abs(reply.as_numpy(n) - e))) for n, e in zip(outputs, expected, strict=True))
                 result["golden_max_abs_diff"] = worst
                 break
             except Exception as exc:  # noqa: BLE001 -- model not loaded yet

@@ -28,6 +28,7 @@ client threads over processes so that the client's own GIL does not cap what it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -51,7 +52,7 @@ HOST = "127.0.0.1"
 MODEL_NAME = "homefeed"
 KSERVE_SPEC = "kserve==0.21.0"  # newest on PyPI when written; installs cleanly next to torch 2.13
 KSERVE_VENV = Path.home() / ".cache" / "mlenv" / "kserve-venv"
-SCRATCH = Path("/tmp/serving_bench")
+SCRATCH = Path("/tmp/serving_bench")  # noqa: S108 - a benchmark's scratch folder, recreated per run
 ATOL = 1e-5  # golden tolerance on CPU; --atol for devices whose kernels round differently
 OIP_TYPES = {"int64": "INT64", "float32": "FP32"}
 
@@ -207,7 +208,7 @@ def request_rows(specs: list[dict], golden: dict[str, np.ndarray], rows: int) ->
 def check_outputs(system: str, got: list[np.ndarray], golden: dict[str, np.ndarray], outs: list[dict],
                   atol: float = ATOL) -> float:
     worst = 0.0
-    for spec, array in zip(outs, got):
+    for spec, array in zip(outs, got, strict=True):
         want = golden["output." + spec["name"]]
         if array is None or array.shape != want.shape:
             raise SystemExit(f"serving_load: {system}: output {spec['name']} has shape "
@@ -309,7 +310,7 @@ def grpc_calls(port: int, specs: list[dict], outs: list[dict], golden: dict[str,
     def make_call(_: int) -> Callable[[], None]:
         client = tc.InferenceServerClient(f"{HOST}:{port}")
         inputs = []
-        for spec, array in zip(specs, arrays):
+        for spec, array in zip(specs, arrays, strict=True):
             tensor = tc.InferInput(spec["name"], list(array.shape), OIP_TYPES[spec["dtype"]])
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
@@ -427,7 +428,7 @@ def wait_ready(proc: subprocess.Popen, log: Path, port: int, what: str, timeout:
             try:
                 if client.is_server_ready(client_timeout=2) and client.is_model_ready(MODEL_NAME, client_timeout=2):
                     return
-            except Exception:  # noqa: BLE001 - not listening yet
+            except Exception:  # noqa: BLE001, S110 - not listening yet
                 pass
             time.sleep(0.25)
     finally:
@@ -793,11 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     cells = [pool(system, b, c, s) for (system, b, c), s in samples.items()]
 
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     print(f"### Serving load: homefeed bundle (`{args.bundle.name}`, version {manifest.get('version')})\n")
     if args.server_cpus or args.client_cpus:
         print(f"- machine: {os.cpu_count()} cores ({cpu}); servers and in-process calls pinned to cores "

@@ -75,7 +75,7 @@ def check_store(store: Store) -> Any:
                            + ("" if store.source == "embedded" else f", or point {store.source} at another store"))
     if store.is_server:
         try:
-            with urllib.request.urlopen(store.uri.rstrip("/") + "/health", timeout=5):
+            with urllib.request.urlopen(store.uri.rstrip("/") + "/health", timeout=5):  # noqa: S310 - is_server: http(s) only
                 pass
         except urllib.error.HTTPError as exc:
             raise _unreachable(store, f"/health answered HTTP {exc.code}") from exc

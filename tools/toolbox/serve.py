@@ -12,6 +12,7 @@ module holds the parts that make that front door safe and honest:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -60,7 +61,7 @@ def is_loopback(host: str) -> bool:
 
 def url_host(host: str) -> str:
     """The host part of a URL that reaches a server listening on `host` from this machine."""
-    if host in ("0.0.0.0", "", "::"):  # every interface: reached on loopback from here
+    if host in ("0.0.0.0", "", "::"):  # noqa: S104 - every interface: reached on loopback from here
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 
@@ -112,7 +113,7 @@ def choose_port(host: str, port: int | None, default: int, tool: str) -> int:
 
 def _answers(url: str, timeout: float) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own http:// health URL
             return 200 <= response.status < 500
     except urllib.error.HTTPError as exc:
         return exc.code < 500
@@ -123,23 +124,17 @@ def _answers(url: str, timeout: float) -> bool:
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> int:
     """Stops the server's whole session (uvicorn/tensorboard may have started helpers)."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
     else:  # the leader is gone; its helpers may not be
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     return proc.returncode
 
 

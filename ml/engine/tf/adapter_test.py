@@ -87,7 +87,7 @@ def _train(model, opt, x, y, steps: range):
         xb, yb = x[i % 8 * 8:(i % 8 + 1) * 8], y[i % 8 * 8:(i % 8 + 1) * 8]
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean((model(xb) - yb) ** 2)
-        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True))
 
 
 def test_checkpoint_resume_is_exact(tmp_path):
@@ -107,7 +107,7 @@ def test_checkpoint_resume_is_exact(tmp_path):
     ck_b = checkpoint.KerasCheckpoint(b, b_opt, steps_per_epoch=4)
     assert ck_b.restore(tmp_path / "c") == checkpoint.DataPosition(1, 2, 6)
     _train(b, b_opt, x, y, range(6, 10))
-    for w_ref, w_b in zip(ref.get_weights(), b.get_weights()):
+    for w_ref, w_b in zip(ref.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(w_ref, w_b)
     assert int(b_opt.iterations.numpy()) == 10
 

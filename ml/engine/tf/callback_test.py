@@ -92,5 +92,5 @@ def test_fit_logs_checkpoints_and_resumes_exactly_after_sigterm(tmp_path):
     assert stopped and pos.global_step == 7
     resumed, pos, stopped = _train(tmp_path / "killed", resume=True)
     assert pos.global_step == STEPS and not stopped
-    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+    for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

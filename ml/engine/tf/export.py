@@ -99,7 +99,7 @@ def export_saved_model(fn: Callable[..., Mapping[str, tf.Tensor]], golden_inputs
              for n in names]
 
     def serve(*args):
-        out = fn(**dict(zip(names, args)))
+        out = fn(**dict(zip(names, args, strict=True)))
         if not isinstance(out, Mapping) or not out:
             raise ExportError("the exported function must return a non-empty dict {output_name: tensor}")
         return {k: tf.cast(v, tf.float32) if v.dtype in (tf.bfloat16, tf.float16) else v for k, v in out.items()}

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -34,11 +35,11 @@ def _run_two_workers() -> list[dict]:
     workdir = os.environ.get("TEST_TMPDIR", "/tmp")
     proc = subprocess.run(["unshare", "-n", "sh", "-c", script], env=env, cwd=workdir, timeout=540,
                           capture_output=True, text=True)
-    logs = {r: open(os.path.join(workdir, f"w{r}.err")).read()[-3000:] for r in (0, 1)}
+    logs = {r: Path(workdir, f"w{r}.err").read_text()[-3000:] for r in (0, 1)}
     assert proc.returncode == 0, f"workers failed ({proc.returncode}): {proc.stderr}\nrank 0:\n{logs[0]}\nrank 1:\n{logs[1]}"
     results = []
     for r in (0, 1):
-        lines = [ln for ln in open(os.path.join(workdir, f"w{r}.out")) if ln.startswith("RESULT ")]
+        lines = [ln for ln in Path(workdir, f"w{r}.out").read_text().splitlines() if ln.startswith("RESULT ")]
         assert lines, f"rank {r} printed no result:\n{logs[r]}"
         results.append(json.loads(lines[-1][len("RESULT "):]))
     return results
@@ -48,7 +49,7 @@ def test_two_workers_all_reduce_and_agree():
     r0, r1 = _run_two_workers()
     assert (r0["rank"], r1["rank"]) == (0, 1)
     assert r0["losses"] == r1["losses"]
-    for a, b in zip(r0["final"], r1["final"]):
+    for a, b in zip(r0["final"], r1["final"], strict=True):
         np.testing.assert_array_equal(np.array(a), np.array(b))
 
     # The same three steps as one process over both shards (numpy, float64).

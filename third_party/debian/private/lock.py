@@ -351,8 +351,11 @@ def requirers_of(chosen: dict[str, Package], universe: Universe, roots: list[str
 # --- Fetching ------------------------------------------------------------------------------------------
 
 def fetch(url: str) -> bytes:
+    if urllib.parse.urlparse(url).scheme not in ("http", "https"):
+        raise LockError(f"cannot fetch {url}: only http:// and https:// mirrors are supported; set {MIRROR_ENV} "
+                        f"to such a URL")
     try:
-        with urllib.request.urlopen(url, timeout=120) as response:
+        with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - scheme checked above
             return response.read()
     except OSError as exc:
         raise LockError(f"cannot fetch {url}: {exc}. Behind a mirror, set {MIRROR_ENV} "

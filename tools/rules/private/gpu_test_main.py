@@ -22,7 +22,8 @@ from pathlib import Path
 from toolchains.cuda import gate
 from tools.rules.private import pytest_main
 
-LOCK_DIR = Path(os.environ.get("MLENV_GPU_LOCK_DIR", "/tmp/mlenv-gpu-locks"))
+# One folder per machine, outside every sandbox, on purpose: the locks must be seen by all GPU tests.
+LOCK_DIR = Path(os.environ.get("MLENV_GPU_LOCK_DIR", "/tmp/mlenv-gpu-locks"))  # noqa: S108
 
 
 def count_gpus() -> int:
@@ -43,7 +44,7 @@ def lock_gpus(wanted: int, available: int, timeout_s: float) -> tuple[list[int],
     while True:
         held, files = [], []
         for index in range(available):
-            fh = open(LOCK_DIR / f"gpu{index}.lock", "w")
+            fh = open(LOCK_DIR / f"gpu{index}.lock", "w")  # noqa: SIM115 - held (locked) for the whole test
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -148,7 +148,8 @@ def write_layer(entries: list[Entry], out: Path | None) -> tuple[str, int]:
                     info.size = len(e.data)
                     tar.addfile(info, io.BytesIO(e.data))
                 else:
-                    assert e.source is not None
+                    if e.source is None:
+                        raise ValueError(f"layer entry {e.path!r} has neither data nor a source file")
                     with open(e.source, "rb") as f:
                         info.size = os.fstat(f.fileno()).st_size
                         tar.addfile(info, f)
@@ -224,7 +225,7 @@ def _pyc_entries(py_entries: list[Entry], jobs: int) -> list[Entry]:
             results = list(pool.map(_compile_one, work, chunksize=64))
     else:
         results = [_compile_one(w) for w in work]
-    for e, pyc in zip(py_entries, results):
+    for e, pyc in zip(py_entries, results, strict=True):
         if pyc is None:
             continue
         p = PurePosixPath(e.path)
@@ -327,7 +328,8 @@ def _place_blob(layout: Path, digest: str, *, source: Path | None = None, data: 
     if data is not None:
         dst.write_bytes(data)
         return
-    assert source is not None
+    if source is None:
+        raise ValueError(f"blob {digest}: neither data nor a source file to place")
     try:
         os.link(os.path.realpath(source), dst)  # layers are GBs: share the inode with the layer action's output
     except OSError:
@@ -461,7 +463,7 @@ def verify_layout(layout: Path, expect_digest: str | None = None) -> dict:
     diff_ids = config["rootfs"]["diff_ids"]
     if len(diff_ids) != len(manifest["layers"]):
         raise OciError(f"config lists {len(diff_ids)} diff_ids but the manifest has {len(manifest['layers'])} layers")
-    for i, (desc, diff_id) in enumerate(zip(manifest["layers"], diff_ids)):
+    for i, (desc, diff_id) in enumerate(zip(manifest["layers"], diff_ids, strict=True)):
         name = (config.get("history") or [{}] * len(diff_ids))[i].get("comment", f"#{i}")
         path = blob_path(layout, check_digest(desc.get("digest"), f"layer {i} ({name})"))
         check_digest(diff_id, f"the diff_id of layer {i} ({name})")

@@ -9,6 +9,7 @@ The wire format and gRPC method names do not change.
 
 import os
 import sys
+from pathlib import Path
 
 import grpc_tools
 from grpc_tools import protoc
@@ -24,7 +25,7 @@ if __name__ == "__main__":
     if code:
         sys.exit(code)
     for path in private:
-        text = open(path).read()
+        text = Path(path).read_text()
         if _DEFAULT_POOL not in text:
             sys.exit(f"protoc.py: {path} does not register itself the expected way ({_DEFAULT_POOL!r}); "
                      f"the grpcio-tools version changed the generated code: update tools/rules/private/protoc.py")

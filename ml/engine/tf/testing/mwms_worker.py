@@ -39,7 +39,7 @@ def main() -> None:
                 per_row = tf.reduce_sum((model(x) - y) ** 2, axis=1)
                 loss = tf.nn.compute_average_loss(per_row, global_batch_size=global_batch)
             grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
+            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss
 
         per = strat.run(replica, args=(x, y))
