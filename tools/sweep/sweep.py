@@ -202,7 +202,7 @@ def _parent_run(study: Any, space: Space, args: argparse.Namespace, storage_url:
         try:
             client.update_run(run_id, status="RUNNING")
             return client, run_id
-        except Exception:  # noqa: BLE001 - the tracking store was replaced; open a new parent run
+        except Exception:  # noqa: BLE001, S110 - the tracking store was replaced; open a new parent run
             pass
     experiment = client.get_experiment_by_name(study.study_name)
     experiment_id = (experiment.experiment_id if experiment else
@@ -242,7 +242,7 @@ def _probe(args: argparse.Namespace, study: Any, base_sets: list[str], sweep_dir
         try:
             client.set_tag(run_id, "mlflow.parentRunId", parent_id)
             client.set_tag(run_id, "mlenv.sweep.role", "probe")
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - tagging the probe run is best effort
             pass
     if proc.returncode != 0:
         raise SweepError(f"the trainer failed its 1-step probe run with the sweep's fixed settings "
@@ -328,8 +328,8 @@ def report(args: argparse.Namespace, study: Any, space: Space, base_sets: list[s
 
         (sweep_dir / "best.yaml").write_text(
             f"# best of {len(finished)} trials of study {study.study_name}: trial {best.number}, "
-            f"{space.metric} = {best.value}\n# train with: {args.train_label or 'train'} -- "
-            + " ".join(f"--set {s}" for s in sets) + "\n" + yaml.safe_dump(best_config, sort_keys=True))
+            f"{space.metric} = {best.value}\n# train with: tools/bazel run {args.train_label or '<trainer>'} -- "
+            f"--config {sweep_dir / 'best.yaml'}\n" + yaml.safe_dump(best_config, sort_keys=True))
         (sweep_dir / "best_args.txt").write_text("".join(f"--set\n{s}\n" for s in sets))
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params, best_sets=sets,
                        best_yaml=str(sweep_dir / "best.yaml"), best_run_id=best.user_attrs.get("run_id"))
@@ -361,8 +361,8 @@ def report(args: argparse.Namespace, study: Any, space: Space, base_sets: list[s
         lines += [f"  best:      trial {summary['best_trial']}, {space.metric} {summary['best_value']:.4f}, "
                   + ", ".join(f"{k}={as_set_value(v)}" for k, v in sorted(summary["best_params"].items())),
                   f"  config:    {summary['best_yaml']}",
-                  f"  retrain:   tools/bazel run {args.train_label or '<trainer>'} -- "
-                  + " ".join(f"--set {s}" for s in summary["best_sets"])]
+                  f"  retrain:   tools/bazel run {args.train_label or '<trainer>'} -- --config {summary['best_yaml']}",
+                  "             (or the same as --set arguments: " + str(sweep_dir / "best_args.txt") + ")"]
     lines += [f"  trials:    {summary['trials_csv']}"] + [f"  plot:      {p}" for p in summary["plots"]]
     if parent_id:
         lines.append(f"  mlflow:    run {parent_id} (experiment {study.study_name}); trials are its child runs")
@@ -380,7 +380,7 @@ def _close_dead_children(client: Any, trials: list) -> None:
             try:
                 if client.get_run(run_id).info.status == "RUNNING":
                     client.set_terminated(run_id, "KILLED")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - best effort while stopping
                 pass
 
 
