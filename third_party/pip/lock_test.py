@@ -1,4 +1,5 @@
-"""The committed locks were made from the committed requirements.in and variant pins."""
+"""The committed locks were made from the committed requirements.in and variant pins, by the lock tool (not
+edited by hand), and every package comes from the source its variant allows."""
 
 import json
 from pathlib import Path
@@ -22,6 +23,46 @@ def test_lock_is_fresh(variant):
         f"{spec['lock']} is stale: requirements.in or the {variant} pins in toolchains/accelerators.json "
         f"changed since it was locked (recorded {recorded}, inputs now {expected}).\n"
         f"Fix: {lock.COMMAND}")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_lock_body_is_what_the_tool_wrote(variant):
+    spec = VARIANTS[variant]
+    text = lock.lock_path(WORKSPACE, spec).read_text()
+    recorded = lock.recorded_digest(text, "body")
+    actual = lock.body_digest(lock.split_lock(text)[1])
+    assert recorded == actual, (
+        f"{spec['lock']} was edited by hand after locking: its body digests to {actual}, the header records "
+        f"{recorded}. A pin or hash must come from the resolver; undo the edit or relock: {lock.COMMAND}")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_package_comes_from_its_pinned_index(variant):
+    spec = VARIANTS[variant]
+    body = lock.split_lock(lock.lock_path(WORKSPACE, spec).read_text())[1]
+    problems = lock.source_violations(body, spec)
+    assert not problems, f"{spec['lock']}: packages from a source their variant does not allow:\n" + "\n".join(problems)
+
+
+def test_header_names_no_machine_path():
+    for variant, spec in VARIANTS.items():
+        header = lock.split_lock(lock.lock_path(WORKSPACE, spec).read_text())[0]
+        for link in spec.get("find_links", []):
+            assert link not in header, f"the {variant} lock's header names the local folder {link}"
+        assert "--find-links" not in header
+
+
+def test_a_hand_edit_or_a_wrong_source_is_caught():
+    spec = VARIANTS["cpu"]
+    text = lock.lock_path(WORKSPACE, spec).read_text()
+    head, body = lock.split_lock(text)
+    edited = body.replace("--hash=sha256:", "--hash=sha256:0", 1)
+    assert lock.body_digest(edited) != lock.recorded_digest(text, "body")
+    numpy_from_torch_index = body.replace("# from https://pypi.org/simple", "# from " + spec["extra_index_urls"][0], 1)
+    assert lock.source_violations(numpy_from_torch_index, spec)
+    torch_from_pypi = body.replace(f"# from {lock.WHEELHOUSE}", "# from https://pypi.org/simple")
+    torch_from_pypi = torch_from_pypi.replace(f"# from {spec['extra_index_urls'][0]}", "# from https://pypi.org/simple")
+    assert any(p.startswith("torch:") for p in lock.source_violations(torch_from_pypi, spec))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uv", required=True)
     parser.add_argument("--python", required=True)
     parser.add_argument("--default-index", default=DEFAULT_INDEX)
+    parser.add_argument("--find-links", action="append", default=[],
+                        help="a local wheel folder of the variant (toolchains/accelerators.json), tried where it exists")
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     except LockError as exc:
         print(f"mlenv: {exc}", file=sys.stderr)
         return 2
+    # Wheel folders are machine-specific, so locks do not name them: the variant's come from its config.
+    lock.find_links.extend(link for link in args.find_links if link not in lock.find_links)
     digest = "sha256:" + hashlib.sha256(f"{TREE_FORMAT}\n{args.variant}\n{args.python}\n{text}".encode()).hexdigest()
 
     sanitized = args.repo / "requirements.pinned.txt"
@@ -273,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(site)
     cmd = [args.uv, "pip", "install", "--no-config", "--target", str(site), "--python", args.python,
            "--no-deps", "--require-hashes", "--no-build",
+           # Any source may serve a file: --require-hashes accepts only the exact files the lock pinned, so the
+           # index that holds a file cannot change what is installed (which index a package may come from is
+           # decided when locking: lock.py).
            "--index-strategy", "unsafe-best-match", "--quiet",
            *usable_sources(lock, args.default_index, log), "-r", str(sanitized)]
     log(f"installing {len(lock.requirements)} distributions from {args.lock_label} ({args.variant})")

@@ -77,12 +77,15 @@ def _pip_environment_impl(rctx):
             ", ".join(sorted(variants.keys())),
             rctx.attr.accelerators,
         ))
-    lock_label = Label(variants[variant]["lock"])
-    lock = rctx.path(lock_label)
+    lock_label = variants[variant]["lock"]  # as written in the config: the same text under every Bazel version
+    lock = rctx.path(Label(lock_label))
     if not lock.exists:
         fail("mlenv: the %s lock %s does not exist; create it with `tools/bazel run //third_party/pip:lock`." % (variant, lock_label))
 
     python = _interpreter(rctx)
+    find_links = []
+    for link in variants[variant].get("find_links", []):
+        find_links += ["--find-links", link]
     result = rctx.execute(
         [
             python,
@@ -91,7 +94,7 @@ def _pip_environment_impl(rctx):
             "--lock",
             str(lock),
             "--lock-label",
-            str(lock_label),
+            lock_label,
             "--variant",
             variant,
             "--repo",
@@ -102,7 +105,7 @@ def _pip_environment_impl(rctx):
             python,
             "--default-index",
             _index(rctx),
-        ],
+        ] + find_links,
         timeout = 3600,
         quiet = False,
     )
