@@ -172,9 +172,55 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         else:
             parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
                                 help=f"{help_text}; {_describe(tp)} (default: {default})")
+    parser.add_argument("--config", dest="__config_file", default=None, metavar="FILE",
+                        help="a YAML or JSON file of config keys (e.g. a sweep's best.yaml); flags and --set win "
+                             "over it")
     parser.add_argument("--set", dest="__overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key (repeatable; wins over flags), e.g. --set lr=1e-3")
     return parser
+
+
+def _file_value(value: Any) -> str:
+    """A value read from a config file, as the text a flag would carry (lists in the comma form)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "none" if value is None else str(value)
+
+
+def read_config_file(cls: type, path: str) -> dict[str, Any]:
+    """The keys of a YAML/JSON config file, converted and checked like flags: unknown keys and bad values
+    name the file, the key and the fix."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc}); pass an existing YAML or "
+                          f"JSON file") from None
+    import yaml  # YAML is a superset of JSON: one reader for both
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML/JSON: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of config keys (key: value), got "
+                          f"{type(data).__name__}")
+    fields = _fields(cls)
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            error = _unknown(name, list(fields))
+            raise ConfigError(f"--config {path}: {error}") from None
+        try:
+            values[name] = _convert(name, _file_value(value), fields[name][1])
+        except ConfigError as exc:
+            raise ConfigError(f"--config {path}: {exc}") from None
+    return values
 
 
 def parse_config(cls: type, argv: list[str], prog: str | None = None, description: str | None = None):
@@ -183,7 +229,8 @@ def parse_config(cls: type, argv: list[str], prog: str | None = None, descriptio
     parser = build_parser(cls, prog, description)
     namespace = vars(parser.parse_args(argv))
     overrides = namespace.pop("__overrides")
-    values: dict[str, Any] = {}
+    config_file = namespace.pop("__config_file")
+    values: dict[str, Any] = read_config_file(cls, config_file) if config_file else {}
     for key, raw in namespace.items():
         _, tp = fields[key]
         values[key] = raw if isinstance(raw, bool) else _convert(key, raw, tp)

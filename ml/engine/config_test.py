@@ -74,3 +74,32 @@ def test_round_trip_through_dict_rejects_unknown_keys():
     assert config_from_dict(DemoConfig, config_to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match="unknown config key 'bogus'"):
         config_from_dict(DemoConfig, {"bogus": 1})
+
+
+def test_config_file_sits_between_defaults_and_flags(tmp_path):
+    path = tmp_path / "best.yaml"
+    path.write_text("# a sweep's best config\nembed_dim: 8\nmlp_dims: [16, 8]\nhead: mlp\nnote: null\nlr: '0.01'\n")
+    cfg = parse_config(DemoConfig, ["--config", str(path)])
+    assert (cfg.embed_dim, cfg.mlp_dims, cfg.head, cfg.note, cfg.lr) == (8, (16, 8), "mlp", None, 0.01)
+    cfg = parse_config(DemoConfig, ["--config", str(path), "--embed-dim", "4", "--set", "head=dot"])
+    assert (cfg.embed_dim, cfg.mlp_dims, cfg.head) == (4, (16, 8), "dot")
+    (tmp_path / "c.json").write_text('{"embed_dim": 12}')
+    assert parse_config(DemoConfig, ["--config", str(tmp_path / "c.json")]).embed_dim == 12
+
+
+def test_bad_config_file_names_the_file_key_and_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"--config .*missing.yaml: cannot read it"):
+        parse_config(DemoConfig, ["--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("embed_dims: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'embed_dims'; did you mean embed_dim"):
+        parse_config(DemoConfig, ["--config", str(bad)])
+    bad.write_text("embed_dim: many\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: embed_dim='many' is invalid: expected a int"):
+        parse_config(DemoConfig, ["--config", str(bad)])
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"expected a mapping of config keys"):
+        parse_config(DemoConfig, ["--config", str(bad)])
+    bad.write_text("a: [1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML/JSON"):
+        parse_config(DemoConfig, ["--config", str(bad)])

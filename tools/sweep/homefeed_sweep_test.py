@@ -34,7 +34,8 @@ def test_homefeed_sweep_runs_and_best_config_reproduces(tmp_path):
     done = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 2
     assert "retrain:   tools/bazel run //ml/homefeed:train -- " in proc.stdout
-    args = (tmp_path / "sweep" / "best_args.txt").read_text().split()
+    assert f"-- --config {tmp_path / 'sweep' / 'best.yaml'}" in proc.stdout
+    args = ["--config", str(tmp_path / "sweep" / "best.yaml")]  # the trainer reads the sweep's best config file
     run_dir = tmp_path / "retrain"
     retrain = subprocess.run([TRAIN, *args, "--set", f"run_dir={run_dir}"], capture_output=True, text=True,
                              timeout=1200, env=env)

@@ -220,3 +220,17 @@ def test_resume_after_sigkill_continues_without_double_count(tmp_path):
     assert log0.count('"kind": "start"') == 1
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert client.get_run(trials[1].user_attrs["run_id"]).info.status == "KILLED"
+
+
+def test_cmaes_sampler_is_available_and_samples_the_space(tmp_path):
+    from tools.sweep.space import load_space
+
+    space = load_space(space_with(tmp_path, sampler="cmaes", params={
+        "lr": {"type": "float", "low": 1.0e-4, "high": 0.3, "log": True},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5}}))
+    sampler = space.make_sampler(0)
+    assert isinstance(sampler, optuna.samplers.CmaEsSampler)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study.optimize(lambda t: -abs(t.suggest_float("lr", 1e-4, 0.3, log=True) - 0.01)
+                   - t.suggest_float("dropout", 0.0, 0.5), n_trials=12)
+    assert len(study.trials) == 12 and study.best_value > -0.5

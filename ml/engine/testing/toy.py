@@ -10,6 +10,7 @@ property the DDP-equivalence test checks.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -26,7 +27,7 @@ __all__ = ["ToyConfig", "ToyTask", "main"]
 @dataclass
 class ToyConfig(TrainerConfig):
     # keys a resumed run may change without changing its result (see trainer._RESUME_IGNORES)
-    resume_ignores: ClassVar[tuple[str, ...]] = ("fail_at_step",)
+    resume_ignores: ClassVar[tuple[str, ...]] = ("fail_at_step", "step_delay_s")
 
     rows: int = field(default=2048, metadata={"help": "training rows"})
     features: int = field(default=16, metadata={"help": "input features"})
@@ -34,6 +35,9 @@ class ToyConfig(TrainerConfig):
     dropout: float = field(default=0.0, metadata={"help": "dropout probability"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle rows each epoch"})
     fail_at_step: int | None = field(default=None, metadata={"help": "raise inside the loss at this step (tests)"})
+    step_delay_s: float = field(default=0.0, metadata={"help": "sleep this long in every training step, so a test "
+                                                               "that acts mid-run (a pruner's SIGTERM) is not "
+                                                               "outrun by a fast toy model on an idle machine"})
 
     def validate(self) -> None:
         super().validate()
@@ -59,9 +63,11 @@ class ToyTask:
     def __init__(self) -> None:
         self.calls = 0
         self.fail_at: int | None = None
+        self.step_delay_s = 0.0
 
     def prepare(self, config: ToyConfig, is_main: bool) -> None:
         self.fail_at = config.fail_at_step
+        self.step_delay_s = config.step_delay_s
         x, y = _dataset(config.rows + 512, config.features)
         self.x, self.y = x[:config.rows], y[:config.rows]
         self.eval_x, self.eval_y = x[config.rows:], y[config.rows:]
@@ -83,6 +89,8 @@ class ToyTask:
 
     def compute_loss(self, model: nn.Module, batch, device: torch.device):
         self.calls += 1
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
         x, y = (t.to(device) for t in batch)
         logits = model(x).float()
         if self.fail_at is not None and self.calls == self.fail_at:
