@@ -131,3 +131,16 @@ def test_gather_junit_copies_shards_and_reports_missing(tmp_path):
     assert missing == ["//n:n_test"]
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.xml")) == [
         "a/a_test/test.xml", "s/s_test/shard_1_of_2/test.xml"]
+
+
+def test_marker_labels_mean_the_same_input_under_bazel_4_and_7():
+    # Bazel 4.2.3 records `@//pkg:file` (or `//pkg:file`) and `@repo//`; Bazel 7 the canonical `@@//`, `@@repo//`.
+    from ci.private.selection import _add_input, _Repository
+
+    seen = []
+    for main, other in (("//", "@mlenv_uv//"), ("@//", "@mlenv_uv//"), ("@@//", "@@mlenv_uv//")):
+        repo = _Repository("pypi")
+        _add_input(repo, f"{main}third_party/pip:requirements_lock_cpu.txt")
+        _add_input(repo, f"{other}:uv")
+        seen.append((repo.files, repo.repos))
+    assert seen == [({"third_party/pip/requirements_lock_cpu.txt"}, {"mlenv_uv"})] * 3

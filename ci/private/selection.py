@@ -267,12 +267,12 @@ class Selector:
         return selection
 
     def _toolchain_implementations(self) -> set[str]:
-        root = ET.fromstring(self.bazel.query("kind(toolchain, //...)", "--output=xml"))
+        root = ET.fromstring(self.bazel.query("kind(toolchain, //...)", "--output=xml"))  # noqa: S314 - bazel query
         return {label.get("value") for rule in root.iter("rule") for label in rule.findall("label")
                 if label.get("name") == "toolchain"}
 
     def _rule_infos(self, expression: str) -> dict[str, RuleInfo]:
-        root = ET.fromstring(self.bazel.query(f"kind(rule, {expression})", "--output=xml"))
+        root = ET.fromstring(self.bazel.query(f"kind(rule, {expression})", "--output=xml"))  # noqa: S314 - bazel query
         infos = {}
         for rule in root.iter("rule"):
             tags = frozenset(s.get("value", "") for lst in rule.findall("list") if lst.get("name") == "tags"
@@ -286,7 +286,12 @@ def _label(package: str, path: str) -> str:
 
 
 def _add_input(repo: _Repository, label: str) -> None:
-    """Records a label a repository reads: a workspace file, or a file of another repository."""
+    """Records a label a repository reads: a workspace file, or a file of another repository.
+
+    Bazel 4.2.3 writes `@//pkg:file` or `//pkg:file` for the main repository and `@repo//...` for others;
+    Bazel 7 writes canonical names, `@@//pkg:file` and `@@repo//...`: both spellings mean the same input."""
+    if label.startswith("@@"):
+        label = label[1:]
     if label.startswith("@") and not label.startswith(("@//", "@mlenv//")):
         other = label[1:].split("//")[0]
         if other and other != repo.name:

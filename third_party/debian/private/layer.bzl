@@ -10,10 +10,14 @@ DebianLayerInfo = provider(
     },
 )
 
+def _label_str(label):
+    """`//pkg:name` under every Bazel version (Bazel 7 writes `@//pkg:name` for str(label))."""
+    return "%s//%s:%s" % ("@" + label.workspace_name if label.workspace_name else "", label.package, label.name)
+
 def _debian_layer_impl(ctx):
     if ctx.attr.interpreter and not ctx.attr.interpreter.startswith("/"):
         fail("debian_base_layer(%s): interpreter must be an absolute path inside the layer, got %r; e.g. \"/usr/bin/python3.11\"" % (
-            ctx.label,
+            _label_str(ctx.label),
             ctx.attr.interpreter,
         ))
     layer = ctx.actions.declare_file(ctx.label.name + ".tar")
@@ -30,7 +34,7 @@ def _debian_layer_impl(ctx):
         inputs = [ctx.file.packages] + ctx.files.debs,
         outputs = [layer, diff_id],
         mnemonic = "DebianLayer",
-        progress_message = "Assembling the Debian layer %s" % ctx.label,
+        progress_message = "Assembling the Debian layer %s" % _label_str(ctx.label),
     )
     return [
         DefaultInfo(files = depset([layer, diff_id]), runfiles = ctx.runfiles(files = [layer, diff_id])),

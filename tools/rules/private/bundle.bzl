@@ -1,5 +1,6 @@
 """Implementation of //tools/rules:bundle.bzl: build-time trained models and deployable model bundles."""
 
+load("//tools/rules/private:labels.bzl", "label_str")
 load(":providers.bzl", "ModelBundleInfo")
 
 def _trained_model_impl(ctx):
@@ -18,7 +19,7 @@ cp "$work/run/metrics.json" "$2/result.json"  # no run id or temp path: same wei
 """,
         arguments = [ctx.executable.trainer.path, out.path] + ctx.attr.args_,
         mnemonic = "TrainModel",
-        progress_message = "Training %s (%s)" % (ctx.label, ctx.attr.trainer.label),
+        progress_message = "Training %s (%s)" % (label_str(ctx.label), label_str(ctx.attr.trainer.label)),
         use_default_shell_env = False,
         env = {"PATH": "/usr/bin:/bin"},
     )
@@ -41,15 +42,15 @@ def ml_trained_model(name, trainer, args = [], **kwargs):
 
 def _bundle_impl(ctx):
     if not ctx.attr.model_name:
-        fail("ml_model_bundle(%s): model_name is empty; name the model as clients will address it" % ctx.label)
+        fail("ml_model_bundle(%s): model_name is empty; name the model as clients will address it" % label_str(ctx.label))
     if ctx.attr.export and ctx.attr.mlflow_run:
-        fail("ml_model_bundle(%s): give either export (a label) or mlflow_run, not both" % ctx.label)
+        fail("ml_model_bundle(%s): give either export (a label) or mlflow_run, not both" % label_str(ctx.label))
     if not ctx.attr.export and not ctx.attr.mlflow_run:
-        fail("ml_model_bundle(%s): no weights: set export = \":<trained model>\" or mlflow_run + mlflow_sha256" % ctx.label)
+        fail("ml_model_bundle(%s): no weights: set export = \":<trained model>\" or mlflow_run + mlflow_sha256" % label_str(ctx.label))
     if ctx.attr.mlflow_run and not ctx.attr.mlflow_sha256.startswith("sha256:"):
-        fail("ml_model_bundle(%s): mlflow_run %r needs mlflow_sha256 = \"sha256:...\" (the digest of its export folder; a build with a wrong pin prints the right one)" % (ctx.label, ctx.attr.mlflow_run))
+        fail("ml_model_bundle(%s): mlflow_run %r needs mlflow_sha256 = \"sha256:...\" (the digest of its export folder; a build with a wrong pin prints the right one)" % (label_str(ctx.label), ctx.attr.mlflow_run))
     if ctx.attr.max_batch_size < 1:
-        fail("ml_model_bundle(%s): max_batch_size must be >= 1, got %d" % (ctx.label, ctx.attr.max_batch_size))
+        fail("ml_model_bundle(%s): max_batch_size must be >= 1, got %d" % (label_str(ctx.label), ctx.attr.max_batch_size))
     out = ctx.actions.declare_directory(ctx.label.name)
     args = ctx.actions.args()
     inputs = [ctx.file._lock_digest, ctx.version_file]
@@ -62,7 +63,7 @@ def _bundle_impl(ctx):
     args.add("--out", out.path)
     args.add("--name", ctx.attr.model_name)
     args.add("--version", ctx.attr.version)
-    args.add("--label", str(ctx.label))
+    args.add("--label", label_str(ctx.label))
     args.add("--lock-digest-file", ctx.file._lock_digest.path)
 
     # The volatile status: its GIT_COMMIT never triggers a rebuild (see tools/workspace_status.sh).
@@ -75,7 +76,7 @@ def _bundle_impl(ctx):
         inputs = inputs,
         outputs = [out],
         mnemonic = "ModelBundle",
-        progress_message = "Bundling %s" % ctx.label,
+        progress_message = "Bundling %s" % label_str(ctx.label),
         env = {"MLFLOW_TRACKING_URI": ctx.attr.mlflow_tracking_uri} if ctx.attr.mlflow_tracking_uri else {},
     )
     return [

@@ -10,6 +10,7 @@ locked site-packages at /opt/mlenv), app (the project's runfiles at /app/runfile
 the bundle at /models/<model>/<version>).
 """
 
+load("//tools/rules/private:labels.bzl", "label_str")
 load(":providers.bzl", "ImageLayerInfo", "ModelBundleInfo")
 
 SITE_PACKAGES = "/opt/mlenv/site-packages"
@@ -26,7 +27,7 @@ def _layer_info(ctx, target, name):
     tars = [f for f in target[DefaultInfo].files.to_list() if f.basename.endswith(".tar")]
     if len(tars) != 1:
         fail("%s: %s must provide ImageLayerInfo or exactly one .tar file, got %s" % (
-            ctx.label,
+            label_str(ctx.label),
             target.label,
             [f.basename for f in target[DefaultInfo].files.to_list()],
         ))
@@ -47,7 +48,7 @@ def _env_layer_impl(ctx):
     files = ctx.attr.env[DefaultInfo].default_runfiles.files.to_list()
     site = [f for f in files if f.basename == "site-packages"]
     if len(site) != 1:
-        fail("%s: %s has no site-packages folder in its runfiles; point env at @pypi//:env" % (ctx.label, ctx.attr.env.label))
+        fail("%s: %s has no site-packages folder in its runfiles; point env at @pypi//:env" % (label_str(ctx.label), label_str(ctx.attr.env.label)))
     tar = ctx.actions.declare_file(ctx.label.name + ".tar")
     digest = ctx.actions.declare_file(ctx.label.name + ".sha256")
     args = ctx.actions.args()
@@ -66,7 +67,7 @@ def _env_layer_impl(ctx):
         inputs = [site[0], ctx.file.lock_digest, ctx.file.manifest],
         outputs = [tar, digest],
         mnemonic = "OciEnvLayer",
-        progress_message = "Layering the locked environment (%s)" % ctx.label,
+        progress_message = "Layering the locked environment (%s)" % label_str(ctx.label),
         env = {"PYTHONHASHSEED": "0"},
     )
     return [
@@ -140,7 +141,7 @@ def _app_layer_impl(ctx):
         inputs = inputs + [manifest],
         outputs = [tar, digest],
         mnemonic = "OciAppLayer",
-        progress_message = "Layering the app of %s" % ctx.label,
+        progress_message = "Layering the app of %s" % label_str(ctx.label),
     )
     return [
         DefaultInfo(files = depset([tar, digest])),
@@ -179,7 +180,7 @@ def _model_layer_impl(ctx):
         inputs = [manifest, info.dir],
         outputs = [tar, digest],
         mnemonic = "OciModelLayer",
-        progress_message = "Layering the model bundle %s" % ctx.attr.bundle.label,
+        progress_message = "Layering the model bundle %s" % label_str(ctx.attr.bundle.label),
     )
     return [
         DefaultInfo(files = depset([tar, digest])),
@@ -199,16 +200,16 @@ model_layer = rule(
 
 def _image_impl(ctx):
     if not ctx.attr.entrypoint and not ctx.attr.main:
-        fail("%s: set main (the binary's main file, e.g. \"ml/homefeed/train.py\") or entrypoint" % ctx.label)
+        fail("%s: set main (the binary's main file, e.g. \"ml/homefeed/train.py\") or entrypoint" % label_str(ctx.label))
     entrypoint = ctx.attr.entrypoint
     if ctx.attr.main:
         if ctx.attr.binary:
             shorts = [f.short_path for f in ctx.attr.binary[DefaultInfo].default_runfiles.files.to_list()]
             if ctx.attr.main not in shorts:
                 fail("%s: main %r is not in the runfiles of %s; py_binary's main is <name>.py by default, else pass %s_main = \"<package>/<file>.py\"" % (
-                    ctx.label,
+                    label_str(ctx.label),
                     ctx.attr.main,
-                    ctx.attr.binary.label,
+                    label_str(ctx.attr.binary.label),
                     ctx.label.name.replace("_image", ""),
                 ))
         entrypoint = [PYTHON, "-S", "/app/entrypoint.py", "%s/%s" % (ctx.workspace_name, ctx.attr.main)]
@@ -222,7 +223,7 @@ def _image_impl(ctx):
         workdir = ctx.attr.workdir,
         user = ctx.attr.user,
         labels = dict(ctx.attr.labels, **{
-            "dev.mlenv.bazel.label": str(ctx.label),
+            "dev.mlenv.bazel.label": label_str(ctx.label),
             "dev.mlenv.git.commit": "{STABLE_GIT_COMMIT}",
         }),
         ports = ctx.attr.ports,
@@ -251,7 +252,7 @@ def _image_impl(ctx):
         inputs = inputs,
         outputs = [layout, digest, layers_json],
         mnemonic = "OciImage",
-        progress_message = "Assembling image %s" % ctx.label,
+        progress_message = "Assembling image %s" % label_str(ctx.label),
         # Hard links from the layout to the layer outputs need the real output tree, not a sandbox copy.
         execution_requirements = {"no-sandbox": "1"},
     )
@@ -262,7 +263,7 @@ def _image_impl(ctx):
         inputs = [layout],
         outputs = [tarball],
         mnemonic = "OciTarball",
-        progress_message = "Writing the load-able tarball of %s" % ctx.label,
+        progress_message = "Writing the load-able tarball of %s" % label_str(ctx.label),
     )
     return [
         DefaultInfo(files = depset([layout, digest, layers_json]), runfiles = ctx.runfiles(files = [layout, digest, layers_json])),

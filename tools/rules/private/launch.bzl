@@ -1,5 +1,6 @@
 """Implementation of //tools/rules:launch.bzl."""
 
+load("//tools/rules/private:labels.bzl", "label_str")
 load("//tools/rules/private:python.bzl", "ml_py_binary")
 
 def _image_info_impl(ctx):
@@ -8,8 +9,8 @@ def _image_info_impl(ctx):
     digests = [f for f in files if f.basename.endswith(".digest")]
     if len(layouts) != 1 or len(digests) != 1:
         fail("%s: image %s is not an ml_image train/serve image (want one layout folder and one .digest, got %s)" % (
-            ctx.label,
-            ctx.attr.image.label,
+            label_str(ctx.label),
+            label_str(ctx.attr.image.label),
             [f.basename for f in files],
         ))
     out = ctx.actions.declare_file(ctx.label.name + ".json")
@@ -18,7 +19,7 @@ def _image_info_impl(ctx):
     ctx.actions.write(out, json.encode({
         "digest_file": digests[0].short_path,
         "info": out.short_path,
-        "label": str(ctx.attr.image.label),
+        "label": label_str(ctx.attr.image.label),
         "layout": layouts[0].short_path,
     }))
     return [DefaultInfo(files = depset([out]), runfiles = ctx.runfiles(files = [out] + files))]

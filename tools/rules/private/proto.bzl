@@ -1,11 +1,12 @@
 """Implementation of //tools/rules:proto.bzl: .proto -> Python messages and gRPC stubs at build time."""
 
+load("//tools/rules/private:labels.bzl", "label_str")
 def _py_grpc_compile_impl(ctx):
     outputs = []
     private = []
     for src in ctx.files.srcs:
         if not src.path.endswith(".proto"):
-            fail("py_grpc_library(%s): %s is not a .proto file" % (ctx.label, src.short_path))
+            fail("py_grpc_library(%s): %s is not a .proto file" % (label_str(ctx.label), src.short_path))
         stem = src.basename[:-len(".proto")]
         for suffix in ["_pb2.py", "_pb2_grpc.py"]:
             out = ctx.actions.declare_file(stem + suffix, sibling = src)
@@ -24,7 +25,7 @@ def _py_grpc_compile_impl(ctx):
         inputs = ctx.files.srcs,
         outputs = outputs,
         mnemonic = "PyGrpcCompile",
-        progress_message = "Compiling %s with grpcio-tools" % ctx.label,
+        progress_message = "Compiling %s with grpcio-tools" % label_str(ctx.label),
     )
     return [DefaultInfo(files = depset(outputs))]
 
