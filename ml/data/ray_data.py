@@ -179,10 +179,11 @@ def read_feed(source: FeedSource | str | os.PathLike[str] | Sequence[str], *, sp
               num_cpus: float = 1.0, concurrency: int | None = None) -> Any:
     """A lazy ``ray.data.Dataset`` of preprocessed feed rows (streaming: nothing is read until iterated).
 
-    Files are read by Ray's read tasks and converted by ``map_batches`` tasks of ``num_cpus`` each (at most
-    ``concurrency`` at once; None lets Ray decide). ``shuffle_files`` reorders the files each epoch (seeded by
-    ``seed`` and the epoch's execution number); rows are shuffled again on the trainer side by
-    :func:`torch_batches`.
+    Files are read by Ray's read tasks and converted by ``map_batches`` tasks, ``num_cpus`` each (at most
+    ``concurrency`` conversions at once; None lets Ray decide). Under Ray Train, keep ``num_cpus`` plus the
+    workers' CPUs within a node's CPUs, or the read tasks wait for CPUs the trainers hold (a hang).
+    ``shuffle_files`` reorders the files each epoch (seeded by ``seed`` and the epoch's execution number); rows
+    are shuffled again on the trainer side by :func:`torch_batches`.
     """
     import ray.data
 
@@ -191,7 +192,7 @@ def read_feed(source: FeedSource | str | os.PathLike[str] | Sequence[str], *, sp
     check_int("seed", seed, minimum=0)
     shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
     ds = ray.data.read_parquet(list(source.paths), filesystem=source.filesystem, shuffle=shuffle,
-                               include_paths=True, partitioning=None)
+                               include_paths=True, partitioning=None, num_cpus=num_cpus)
     return ds.map_batches(_Preprocess(source.columns, source.widths), batch_format="pyarrow", batch_size=4096,
                           num_cpus=num_cpus, concurrency=concurrency)
 
