@@ -17,12 +17,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ml.engine.config import TrainerConfig
+from ml.data import ray_data
+from ml.engine.config import TrainerConfig, parse_config
 from ml.engine.errors import ConfigError
 from ml.engine.figures import expected_calibration_error, save_ranking_figures
 from ml.engine.metrics import log_loss, roc_auc
@@ -30,7 +31,9 @@ from ml.engine.tracking import workspace_dir
 from ml.engine.trainer import run
 from ml.homefeed import baseline, data, model
 
-__all__ = ["HomefeedConfig", "HomefeedTask", "main"]
+__all__ = ["HomefeedConfig", "HomefeedTask", "main", "ray_datasets"]
+
+INPUTS = ("files", "ray_data")
 
 
 def _h(text: str) -> dict:
@@ -53,6 +56,10 @@ class HomefeedConfig(TrainerConfig):
     num_items: int = field(default=2000, metadata=_h("synthetic items"))
     seq_len: int = field(default=20, metadata=_h("recent actions per user fed to the sequence encoder"))
     data_seed: int = field(default=0, metadata=_h("seed of the synthetic world"))
+    input: str = field(default="files", metadata=_h(
+        "files: every rank reads its own stream of the shards in-process; ray_data: Ray Data reads and "
+        "preprocesses them on the cluster's CPU workers and splits them among the ranks (only under Ray Train: "
+        "`--on ray`; rows are not replayed exactly on a mid-epoch resume; num_workers is unused)"))
     # model
     embed_dim: int = field(default=32, metadata=_h("embedding width of ids, context and sequence tokens"))
     seq_layers: int = field(default=2, metadata=_h("transformer encoder layers over the action sequence"))
@@ -74,6 +81,8 @@ class HomefeedConfig(TrainerConfig):
             raise ConfigError(f"mlp_dims must be positive widths, e.g. 128,64; got {self.mlp_dims}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.input not in INPUTS:
+            raise ConfigError(f"input must be one of {', '.join(INPUTS)}; got {self.input!r}")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise ConfigError(f"data_dir {self.data_dir} is not a folder; omit --data-dir to generate synthetic data")
 
@@ -102,6 +111,14 @@ class HomefeedTask:
         return workspace_dir() / ".mlenv" / "data" / "homefeed" / digest
 
     def prepare(self, config: HomefeedConfig, is_main: bool) -> None:
+        if config.input == "ray_data" and not ray_data.in_train_worker():
+            raise ConfigError("input=ray_data needs a Ray Train worker fed by the driver's Ray Datasets: launch "
+                              "with `--on ray` (tools/launch), or drop `--set input=ray_data` to read the shards "
+                              "in each process")
+        self.find_shards(config, is_main)
+
+    def find_shards(self, config: HomefeedConfig, is_main: bool) -> None:
+        """Sets train_files/eval_files (the main process generates synthetic shards the first time)."""
         self.save_weight = config.save_weight
         if config.data_dir:
             folder = Path(config.data_dir)
@@ -143,10 +160,16 @@ class HomefeedTask:
         return model.HomefeedRanker(self._model_config(config))
 
     def steps_per_epoch(self, config: HomefeedConfig, world_size: int) -> int:
+        if config.input == "ray_data":
+            return ray_data.batches_per_epoch(data.num_rows(self.train_files), config.batch_size, world_size)
         return data.batches_per_epoch(self.train_files, config.batch_size, world_size, drop_last=True,
                                       num_workers=config.num_workers)
 
     def train_batches(self, config: HomefeedConfig, *, epoch: int, rank: int, world_size: int, skip_batches: int):
+        if config.input == "ray_data":
+            # This rank's share of the driver's Ray Dataset, already torch tensors (Ray prefetches them).
+            return ray_data.torch_batches(config.batch_size, epoch=epoch, seed=config.seed, drop_last=True,
+                                          skip_batches=skip_batches)
         workers = config.num_workers
         if skip_batches and workers > 1:
             raise ConfigError("--resume mid-epoch with --num-workers > 1 is not supported yet: the DataLoader "
@@ -201,6 +224,21 @@ class HomefeedTask:
     def example_inputs(self, config: HomefeedConfig):
         batch = next(iter(data.ParquetStream(self.eval_files, 8, shuffle=False)))
         return model.batch_inputs(batch), list(model.INPUT_NAMES), list(model.OUTPUT_NAMES)
+
+
+def ray_datasets(argv: list[str]) -> dict[str, Any]:
+    """The Ray driver's side of ``--set input=ray_data``: ``TorchTrainer(datasets=...)`` for these trainer flags.
+
+    Returns {} when the flags do not ask for Ray Data. Generates the synthetic shards first when no --data-dir
+    is given (the driver's view of the files must be the workers': one machine, or shared storage). Pass
+    ``ml.data.ray_data.data_config()`` as the trainer's ``dataset_config``.
+    """
+    config = parse_config(HomefeedConfig, list(argv), prog="homefeed", description=HomefeedConfig.__doc__)
+    if config.input != "ray_data":
+        return {}
+    task = HomefeedTask()
+    task.find_shards(config, True)
+    return ray_data.datasets_for(task.train_files, seed=config.seed)
 
 
 def main(argv: list[str] | None = None) -> int:

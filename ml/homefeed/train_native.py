@@ -85,8 +85,7 @@ def train(config: NativeConfig) -> int:
         optimizers = {"dense": torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay),
                       "tables": torch.optim.Adagrad(tables, lr=config.table_lr)}
 
-        steps_per_epoch = data.batches_per_epoch(helpers.train_files, config.batch_size, t.world_size,
-                                                 drop_last=True, num_workers=config.num_workers)
+        steps_per_epoch = helpers.steps_per_epoch(config, t.world_size)  # the reader's, or Ray Data's split
         if steps_per_epoch < 1:
             raise ConfigError(f"0 steps per epoch at batch_size={config.batch_size} x {t.world_size} processes; "
                               f"lower --batch-size or add data")
@@ -112,11 +111,16 @@ def train(config: NativeConfig) -> int:
         stopped, batch_in_epoch = False, skip
         net.train()
         while epoch < config.epochs and step < total and not stopped:
-            stream = data.ParquetStream(helpers.train_files, config.batch_size, rank=t.rank, world_size=t.world_size,
-                                        shuffle=True, seed=config.seed, epoch=epoch, drop_last=True,
-                                        skip_batches=skip)
-            loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.num_workers,
-                                                 generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+            if config.input == "ray_data":  # this rank's share of the Ray driver's Dataset
+                loader = helpers.train_batches(config, epoch=epoch, rank=t.rank, world_size=t.world_size,
+                                               skip_batches=skip)
+            else:
+                stream = data.ParquetStream(helpers.train_files, config.batch_size, rank=t.rank,
+                                            world_size=t.world_size, shuffle=True, seed=config.seed, epoch=epoch,
+                                            drop_last=True, skip_batches=skip)
+                loader = torch.utils.data.DataLoader(
+                    stream, batch_size=None, num_workers=config.num_workers,
+                    generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
             with t.rng_isolated():
                 batches = iter(loader)
             batch_in_epoch = skip

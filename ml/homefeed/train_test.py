@@ -136,3 +136,12 @@ def test_bad_config_fails_before_work(tmp_path):
     proc = _train_cli("--set", "embed_dim=30", "--set", "seq_heads=4", "--set", f"run_dir={tmp_path}")
     assert proc.returncode == 2
     assert "embed_dim (30) must be divisible by seq_heads (4)" in proc.stderr
+
+
+def test_ray_data_input_refuses_outside_ray_train(tmp_path):
+    proc = _train_cli("--set", "input=ray_data", "--set", f"run_dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "input=ray_data needs a Ray Train worker" in proc.stderr and "--on ray" in proc.stderr, proc.stderr[-2000:]
+    proc = _train_cli("--set", "input=ray", "--set", f"run_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "input must be one of files, ray_data; got 'ray'" in proc.stderr
