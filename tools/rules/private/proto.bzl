@@ -1,6 +1,7 @@
 """Implementation of //tools/rules:proto.bzl: .proto -> Python messages and gRPC stubs at build time."""
 
 load("//tools/rules/private:labels.bzl", "label_str")
+
 def _py_grpc_compile_impl(ctx):
     outputs = []
     private = []
