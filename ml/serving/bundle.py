@@ -14,8 +14,9 @@ max queue delay). Nothing in it depends on time or the machine, so the same inpu
 bundle.
 
 `verify()` checks every file's hash (and that no unlisted file slipped in) before anything is loaded;
-`load_model()` then loads the artifact with loaders that never unpickle arbitrary Python
-(torch.jit.load / torch.export.load), and `check_golden()` replays the golden batch.
+`load_model()` then loads the artifact with the runtime its format names (ml/serving/runtimes), whose loaders
+never unpickle arbitrary Python (torch.jit.load / torch.export.load), and `check_golden()` replays the golden
+batch through it.
 
 What verify() guarantees, and what not:
 - Every path the manifest names (the artifact, the golden file, each entry of `files`) must be a relative
@@ -40,12 +41,9 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "generate_signing_key", "load_model", "load_public_key",
            "resolve_device", "sign", "verify", "write_bundle"]
@@ -291,46 +289,27 @@ def generate_signing_key(private_pem: Path, public_pem: Path) -> None:
                                                                serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def load_model(bundle: Bundle, device: str = "cpu"):
-    """Loads the verified artifact onto `device` (a torch device string, e.g. "cpu", "cuda:0"); returns a
-    callable taking inputs in signature order. Nothing is unpickled: TorchScript and torch.export archives
-    hold tensors and code, not Python objects."""
-    import torch
+def load_model(bundle: Bundle, device: Any = "cpu", *, threads: int | None = None):
+    """Loads the verified artifact onto `device` ("cpu", "cuda", "cuda:N") with the runtime its format names
+    (ml/serving/runtimes); returns the runtime's model: `.run(list of arrays in signature order)`. Nothing is
+    unpickled: every servable format holds tensors and code, not Python objects. ValueError if the device
+    cannot be used."""
+    from ml.serving import runtimes
 
-    artifact = io.BytesIO(bundle.data(bundle.manifest["artifact"]))  # the verified bytes, not the path again
     fmt = bundle.manifest.get("artifact_format", "torchscript")
-    if fmt == "torchscript":
-        module = torch.jit.load(artifact, map_location=device)
-        module.eval()
-        return module
-    if fmt == "torch_export":
-        return torch.export.load(artifact).module().to(device)
-    raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable")
+    if fmt not in runtimes.RUNTIMES:
+        raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable (this server runs "
+                          f"{', '.join(sorted(runtimes.RUNTIMES))})")
+    # the verified bytes, never the path again
+    return runtimes.load(bundle.data(bundle.manifest["artifact"]), fmt, device, threads)
 
 
-def resolve_device(spec: str) -> torch.device:
-    """The torch device `spec` names, checked now: a server or check must not start on a device it cannot use.
-    ValueError says what is wrong and what to do."""
-    import torch
+def resolve_device(spec: Any):
+    """The runtimes.Device `spec` names ("cpu", "cuda", "cuda:N"); ValueError says what to give instead. The
+    runtime that loads a model onto it checks that the device exists."""
+    from ml.serving import runtimes
 
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"--device {spec!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = torch.version.cuda or "none: a CPU-only build"
-            raise ValueError(f"--device {spec}: torch {torch.__version__} sees no CUDA device (CUDA in this build: "
-                             f"{built}); use --device cpu, or run on a GPU machine with the CUDA environment "
-                             f"(tools/bazel run --config=cuda ...)")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise ValueError(f"--device {spec}: the server runs models on cpu or cuda[:N], not {device.type}")
-    return device
+    return runtimes.parse_device(spec)
 
 
 def golden_arrays(bundle: Bundle) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -341,28 +320,25 @@ def golden_arrays(bundle: Bundle) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return inputs, outputs
 
 
-def check_golden(bundle: Bundle, model=None, *, device: str = "cpu", atol: float | None = None) -> float:
-    """Runs the golden inputs on `device`; returns the worst absolute difference, raises BundleError past the
-    tolerance (the bundle's golden atol unless `atol` overrides it)."""
-    import torch
-
+def check_golden(bundle: Bundle, model=None, *, device: Any = "cpu", atol: float | None = None) -> float:
+    """Runs the golden inputs through `model` (a runtime model from load_model; loaded onto `device` if not
+    given); returns the worst absolute difference, raises BundleError past the tolerance (the bundle's golden
+    atol unless `atol` overrides it)."""
     model = model or load_model(bundle, device)
     inputs, expected = golden_arrays(bundle)
-    with torch.inference_mode():
-        got = model(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in inputs))
-    got = got if isinstance(got, (tuple, list)) else (got,)
+    got = model.run([np.ascontiguousarray(a) for a in inputs])
     bundle_atol = float(bundle.manifest["golden"]["atol"])
     tolerance = bundle_atol if atol is None else atol
+    on_cpu = model.device.type == "cpu"
     worst = 0.0
     for spec, g, want in zip(bundle.signature["outputs"], got, expected):
-        g = g.detach().cpu().numpy()
         diff = float(np.max(np.abs(g.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
         worst = max(worst, diff)
         if diff > tolerance:
-            hint = ("this environment does not reproduce the trained model" if torch.device(device).type == "cpu"
-                    else f"kernels on {device} round differently from the CPU that wrote the golden outputs; if "
-                         f"{diff:.3g} is acceptable for this model, serve with --golden-atol {diff * 2:.1g}")
-            where = "" if torch.device(device).type == "cpu" else f" on {device}"
+            hint = ("this environment does not reproduce the trained model" if on_cpu
+                    else f"kernels on {model.device} round differently from the CPU that wrote the golden outputs; "
+                         f"if {diff:.3g} is acceptable for this model, serve with --golden-atol {diff * 2:.1g}")
+            where = "" if on_cpu else f" on {model.device}"
             raise BundleError(f"{bundle.path}: output {spec['name']}{where} differs from the golden outputs by "
                               f"{diff:.3g} (tolerance {tolerance}{'' if atol is None else ', from --golden-atol'}): "
                               f"{hint}")

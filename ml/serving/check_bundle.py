@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         b = bundle.verify(args.bundle, public_key=args.public_key)
         worst = bundle.check_golden(b, device=device, atol=args.golden_atol)
-    except bundle.BundleError as exc:
+    except (bundle.BundleError, ValueError) as exc:  # ValueError: the runtime cannot use --device
         print(f"bundle check FAILED: {exc}", file=sys.stderr)
         return 1
     sig = b.signature
