@@ -4,10 +4,12 @@ A bundle is a folder:
 
     bundle.json          the manifest (below)
     model/model.pt       TorchScript archive (or model/model.pt2: a torch.export program)
+    model/model.onnx     the same model as ONNX (optional; a bundle may carry several artifacts of one model)
     model/signature.json inputs/outputs: names, dtypes, shapes (-1 = dynamic batch)
     model/golden.npz     golden inputs and the outputs the trained model gave for them
 
-bundle.json holds: format, name, version, framework, artifact + artifact_format, the signature, the golden
+bundle.json holds: format, name, version, framework, artifact + artifact_format (the default artifact),
+artifacts ({format: path}: every artifact carried, each hashed like any file), the signature, the golden
 file and tolerance, the sha256 of every other file, the Bazel label that built it, the environment lock
 digest, the git commit, the MLflow run id and metrics where known, and serving defaults (max batch size,
 max queue delay). Nothing in it depends on time or the machine, so the same inputs give a byte-identical
@@ -45,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "generate_signing_key", "load_model", "load_public_key",
-           "resolve_device", "sign", "verify", "write_bundle"]
+__all__ = ["Bundle", "BundleError", "artifact_for", "check_golden", "export_digest", "generate_signing_key", "load_model",
+           "load_public_key", "resolve_device", "sign", "verify", "write_bundle"]
 
 FORMAT = "mlenv.bundle/1"
 MODEL_DIR = "model"
@@ -101,40 +103,82 @@ def export_digest(export_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+LEGACY_ARTIFACTS = {"torchscript": "model.pt", "torch_export": "model.pt2"}  # exports before "artifacts"
+
+
+def _export_artifacts(export_dir: Path, signature: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """The export's artifacts ({format: file name}) and the formats its exporter could not write ({format: why})."""
+    primary = signature.get("format")
+    artifacts = signature.get("artifacts") or ({primary: LEGACY_ARTIFACTS[primary]} if primary in LEGACY_ARTIFACTS else {})
+    if primary not in artifacts:
+        raise BundleError(f"{export_dir}/signature.json: unknown export format {primary!r}")
+    for fmt, file in artifacts.items():
+        if not isinstance(file, str) or "/" in file or "\\" in file or file in ("", ".", "..", "signature.json",
+                                                                                "golden.npz"):
+            raise BundleError(f"{export_dir}/signature.json: artifact {fmt} is {file!r}, not a file name of the export")
+    return artifacts, dict(signature.get("export_errors") or {})
+
+
 def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label: str, lock_digest: str,
                  git_commit: str, mlflow: dict[str, Any] | None = None, max_batch_size: int = 256,
-                 max_queue_delay_us: int = 2000, golden_atol: float = 1e-5) -> Path:
+                 max_queue_delay_us: int = 2000, golden_atol: float = 1e-5, formats: list[str] | None = None,
+                 default_format: str | None = None) -> Path:
+    """Writes the bundle of `export_dir` to `out`. `formats`: the artifacts to carry (default: every one the
+    export wrote or tried to write, so an ONNX export that failed fails here with the exporter's reason);
+    `default_format`: the one a server runs unless told otherwise (default: the export's main format). Every
+    artifact carried is replayed against the golden batch before this returns; on any error `out` is removed."""
     signature = json.loads((export_dir / "signature.json").read_text())
-    artifact_name = {"torchscript": "model.pt", "torch_export": "model.pt2"}.get(signature.get("format"))
-    if artifact_name is None:
-        raise BundleError(f"{export_dir}/signature.json: unknown export format {signature.get('format')!r}")
-    for required in (artifact_name, "signature.json", "golden.npz"):
+    artifacts, errors = _export_artifacts(export_dir, signature)
+    wanted = list(dict.fromkeys(formats or [*artifacts, *errors]))
+    for fmt in wanted:
+        if fmt in errors and fmt not in artifacts:
+            raise BundleError(f"{export_dir}: the model has no {fmt} artifact: its {fmt} export failed when the model "
+                              f"was exported: {errors[fmt]}\nFix: keep TorchScript: bundle only the formats that "
+                              f"exported (ml_model_bundle(formats = [{signature['format']!r}]), make_bundle --formats "
+                              f"{signature['format']}), or change the model so the {fmt} exporter accepts it")
+        if fmt not in artifacts:
+            raise BundleError(f"{export_dir}: no {fmt} artifact in this export (it has: {', '.join(artifacts)}); "
+                              f"bundle one of those, or export again with a trainer that writes {fmt}")
+    default = default_format or (signature["format"] if signature["format"] in wanted else wanted[0])
+    if default not in wanted:
+        raise BundleError(f"default format {default!r} is not among the bundled formats {', '.join(wanted)}: add it "
+                          f"to formats or choose one of those")
+    files_in = [artifacts[f] for f in wanted]
+    for required in (*files_in, "signature.json", "golden.npz"):
         if not (export_dir / required).is_file():
             raise BundleError(f"{export_dir} has no {required}: is it an export folder of an engine trainer?")
     if out.exists() or out.is_symlink():
         _check_replaceable(out)
         shutil.rmtree(out)
-    (out / MODEL_DIR).mkdir(parents=True)
-    for file in (artifact_name, "signature.json", "golden.npz"):
-        shutil.copyfile(export_dir / file, out / MODEL_DIR / file)
-    files = {f"{MODEL_DIR}/{f}": _sha256(out / MODEL_DIR / f) for f in sorted((artifact_name, "signature.json", "golden.npz"))}
-    manifest = {
-        "format": FORMAT,
-        "name": name,
-        "version": version,
-        "framework": "pytorch",
-        "artifact": f"{MODEL_DIR}/{artifact_name}",
-        "artifact_format": signature["format"],
-        "signature": {"inputs": signature["inputs"], "outputs": signature["outputs"]},
-        "golden": {"file": f"{MODEL_DIR}/golden.npz", "atol": golden_atol},
-        "files": files,
-        "built_by": label,
-        "lock_digest": lock_digest,
-        "git_commit": git_commit,
-        "mlflow": mlflow or {},
-        "serving": {"max_batch_size": max_batch_size, "max_queue_delay_us": max_queue_delay_us},
-    }
-    (out / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    try:
+        (out / MODEL_DIR).mkdir(parents=True)
+        for file in (*files_in, "signature.json", "golden.npz"):
+            shutil.copyfile(export_dir / file, out / MODEL_DIR / file)
+        files = {f"{MODEL_DIR}/{f}": _sha256(out / MODEL_DIR / f) for f in sorted((*files_in, "signature.json", "golden.npz"))}
+        manifest = {
+            "format": FORMAT,
+            "name": name,
+            "version": version,
+            "framework": "pytorch",
+            "artifact": f"{MODEL_DIR}/{artifacts[default]}",
+            "artifact_format": default,
+            "artifacts": {f: f"{MODEL_DIR}/{artifacts[f]}" for f in wanted},
+            "signature": {"inputs": signature["inputs"], "outputs": signature["outputs"]},
+            "golden": {"file": f"{MODEL_DIR}/golden.npz", "atol": golden_atol},
+            "files": files,
+            "built_by": label,
+            "lock_digest": lock_digest,
+            "git_commit": git_commit,
+            "mlflow": mlflow or {},
+            "serving": {"max_batch_size": max_batch_size, "max_queue_delay_us": max_queue_delay_us},
+        }
+        (out / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        written = verify(out)
+        for fmt in wanted:  # each artifact as a server would load it, against the trained model's outputs
+            check_golden(written, load_model(written, "cpu", fmt=fmt))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 
@@ -207,7 +251,12 @@ def verify(path: Path, public_key: Any = None) -> Bundle:
     for rel in listed:
         _inside(manifest_path, "a key of 'files'", rel)
     golden = manifest["golden"].get("file") if isinstance(manifest["golden"], dict) else None
-    for what, rel in (("'artifact'", manifest["artifact"]), ("'golden.file'", golden)):
+    artifacts = manifest.get("artifacts", {})
+    if not isinstance(artifacts, dict):
+        raise BundleError(f"{manifest_path}: 'artifacts' must map artifact formats to paths in the bundle")
+    named = [("'artifact'", manifest["artifact"]), ("'golden.file'", golden),
+             *((f"'artifacts.{fmt}'", rel) for fmt, rel in sorted(artifacts.items()))]
+    for what, rel in named:
         _inside(manifest_path, what, rel)
         if rel not in listed:
             raise BundleError(f"{manifest_path}: {what} {rel} is not in 'files', so nothing pins its hash: rebuild "
@@ -289,19 +338,30 @@ def generate_signing_key(private_pem: Path, public_pem: Path) -> None:
                                                                serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def load_model(bundle: Bundle, device: Any = "cpu", *, threads: int | None = None):
-    """Loads the verified artifact onto `device` ("cpu", "cuda", "cuda:N") with the runtime its format names
-    (ml/serving/runtimes); returns the runtime's model: `.run(list of arrays in signature order)`. Nothing is
-    unpickled: every servable format holds tensors and code, not Python objects. ValueError if the device
-    cannot be used."""
+def artifact_for(bundle: Bundle, fmt: str | None = None) -> tuple[str, str]:
+    """(format, path in the bundle) of the artifact to serve: the bundle's default, or the one of format `fmt`."""
+    default = bundle.manifest.get("artifact_format", "torchscript")
+    artifacts = {default: bundle.manifest["artifact"], **bundle.manifest.get("artifacts", {})}
+    fmt = fmt or default
+    if fmt not in artifacts:
+        raise BundleError(f"{bundle.path}: no {fmt} artifact in this bundle (it carries {', '.join(sorted(artifacts))}): "
+                          f"serve one of those (--runtime), or rebuild the bundle with {fmt} in its formats")
+    return fmt, artifacts[fmt]
+
+
+def load_model(bundle: Bundle, device: Any = "cpu", *, threads: int | None = None, fmt: str | None = None):
+    """Loads the verified artifact of format `fmt` (default: the bundle's default artifact) onto `device`
+    ("cpu", "cuda", "cuda:N") with the runtime its format names (ml/serving/runtimes); returns the runtime's
+    model: `.run(list of arrays in signature order)`. Nothing is unpickled: every servable format holds
+    tensors and code, not Python objects. ValueError if the device cannot be used."""
     from ml.serving import runtimes
 
-    fmt = bundle.manifest.get("artifact_format", "torchscript")
+    fmt, rel = artifact_for(bundle, fmt)
     if fmt not in runtimes.RUNTIMES:
         raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable (this server runs "
                           f"{', '.join(sorted(runtimes.RUNTIMES))})")
     # the verified bytes, never the path again
-    return runtimes.load(bundle.data(bundle.manifest["artifact"]), fmt, device, threads)
+    return runtimes.load(bundle.data(rel), fmt, device, threads)
 
 
 def resolve_device(spec: Any):

@@ -23,9 +23,10 @@ def tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture
-def export(tmp_path):
-    folder = tmp_path / "export"
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """One export for the module (with its ONNX artifact: that export takes seconds); tests never change it."""
+    folder = tmp_path_factory.mktemp("export")
     export_model(TinyRanker(), example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"],
                  folder=folder)
     return folder
@@ -50,8 +51,63 @@ def test_manifest_records_provenance_and_signature(export, tmp_path):
     assert m["lock_digest"] == "sha256:l" and m["mlflow"]["run_id"] == "r1"
     assert [t["name"] for t in m["signature"]["inputs"]] == ["ids", "dense"]
     assert m["signature"]["inputs"][0] == {"name": "ids", "dtype": "int64", "shape": [-1, 4]}
-    assert set(m["files"]) == {"model/model.pt", "model/signature.json", "model/golden.npz"}
+    assert set(m["files"]) == {"model/model.pt", "model/model.onnx", "model/signature.json", "model/golden.npz"}
+    assert m["artifacts"] == {"torchscript": "model/model.pt", "onnx": "model/model.onnx"}
+    assert (m["artifact"], m["artifact_format"]) == ("model/model.pt", "torchscript")  # the default to serve
     assert bundle.check_golden(b) == 0.0
+    onnx = bundle.load_model(b, fmt="onnx")
+    assert type(onnx).__name__ == "OnnxModel" and bundle.check_golden(b, onnx) < 1e-6
+
+
+class Unexportable(TinyRanker):
+    """TinyRanker plus an op the ONNX exporter has no function for (aten.linalg_eig); TorchScript traces it."""
+
+    def forward(self, ids, dense):
+        score, prob = super().forward(ids, dense)
+        eig = torch.linalg.eigvals(torch.eye(2).expand(ids.shape[0], 2, 2)).real.sum(1)
+        return score + 0 * eig, prob
+
+
+def test_a_model_onnx_cannot_take_fails_the_bundle_build_with_the_reason_and_the_fix(tmp_path, capsys):
+    folder = tmp_path / "export"
+    result = export_model(Unexportable(), example_inputs(), input_names=["ids", "dense"],
+                          output_names=["score", "prob"], folder=folder)
+    assert result.signature["artifacts"] == {"torchscript": "model.pt"} and not (folder / "model.onnx").exists()
+    assert "aten.linalg_eig" in result.signature["export_errors"]["onnx"]
+    with pytest.raises(bundle.BundleError) as info:
+        build(folder, tmp_path / "b")
+    message = str(info.value)
+    assert "its onnx export failed" in message and "aten.linalg_eig" in message
+    assert "Fix: keep TorchScript" in message and "formats = ['torchscript']" in message
+    assert not (tmp_path / "b").exists(), "a failed bundle build left a folder behind"
+    args = ["--export-dir", str(folder), "--name", "tiny", "--version", "1", "--out", str(tmp_path / "cli")]
+    assert make_bundle.main(args) == 1 and "Fix: keep TorchScript" in capsys.readouterr().err
+    assert make_bundle.main([*args, "--formats", "torchscript"]) == 0  # the fix works
+    assert bundle.verify(tmp_path / "cli").manifest["artifacts"] == {"torchscript": "model/model.pt"}
+
+
+def test_the_default_artifact_and_the_formats_carried_are_chosen_at_build(export, tmp_path):
+    b = bundle.verify(build(export, tmp_path / "b", default_format="onnx"))
+    assert (b.manifest["artifact"], b.manifest["artifact_format"]) == ("model/model.onnx", "onnx")
+    assert type(bundle.load_model(b)).__name__ == "OnnxModel"
+    only = bundle.verify(build(export, tmp_path / "ts", formats=["torchscript"]))
+    assert set(only.manifest["files"]) == {"model/model.pt", "model/signature.json", "model/golden.npz"}
+    with pytest.raises(bundle.BundleError, match="no onnx artifact in this bundle .it carries torchscript.: serve "
+                                                 "one of those"):
+        bundle.load_model(only, fmt="onnx")
+    with pytest.raises(bundle.BundleError, match="default format 'onnx' is not among the bundled formats"):
+        build(export, tmp_path / "bad", formats=["torchscript"], default_format="onnx")
+
+
+def test_a_wrong_onnx_artifact_fails_the_bundle_build_at_its_golden_replay(export, tmp_path):
+    other = tmp_path / "other"
+    export_model(TinyRanker(bias=5.0), example_inputs(), input_names=["ids", "dense"],
+                 output_names=["score", "prob"], folder=other)
+    mixed = shutil.copytree(export, tmp_path / "mixed")
+    (mixed / "model.onnx").write_bytes((other / "model.onnx").read_bytes())  # not the model of golden.npz
+    with pytest.raises(bundle.BundleError, match="output score differs from the golden outputs by 5"):
+        build(mixed, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("damage,message", [

@@ -86,13 +86,15 @@ class ModelRepository:
     def __init__(self, metrics: Metrics, *, keep_versions: int = DEFAULT_KEEP_VERSIONS,
                  max_delay_override_us: int | None = None, max_batch_override: int | None = None,
                  instances: int = 1, device: str = "cpu", golden_atol: float | None = None,
-                 max_queued_rows: int | None = None, public_key: Any = None, threads: int | None = None) -> None:
+                 max_queued_rows: int | None = None, public_key: Any = None, threads: int | None = None,
+                 artifact_format: str | None = None) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1 (model threads per version), got {instances}")
         if keep_versions < 0:
             raise ValueError(f"keep_versions must be 0 (keep all) or more, got {keep_versions}")
         self.device = bundles.resolve_device(device)
         self.threads = threads  # intra-op threads per instance, for the runtime (None: its default)
+        self.artifact_format = artifact_format  # which artifact of each bundle to serve (None: its default)
         self.golden_atol = golden_atol
         self.metrics = metrics
         self.keep_versions = keep_versions
@@ -110,7 +112,8 @@ class ModelRepository:
 
     def load(self, path: Path) -> LoadedModel:
         b = bundles.verify(path, public_key=self.public_key)
-        module = bundles.load_model(b, self.device, threads=self.threads)
+        # The chosen artifact is replayed against the golden outputs here, whichever runtime runs it.
+        module = bundles.load_model(b, self.device, threads=self.threads, fmt=self.artifact_format)
         bundles.check_golden(b, module, atol=self.golden_atol)
         serving = b.manifest.get("serving", {})
         max_rows = self.max_batch_override or int(serving.get("max_batch_size", 256))
@@ -135,7 +138,8 @@ class ModelRepository:
             self.metrics.loaded.labels(b.name, b.version).set(1)
             for model in retired:
                 self._retire(model)
-        log.info("loaded %s version %s from %s", b.name, b.version, path)
+        log.info("loaded %s version %s from %s (%s artifact)", b.name, b.version, path,
+                 bundles.artifact_for(b, self.artifact_format)[0])
         return loaded
 
     def _retire(self, model: LoadedModel) -> None:

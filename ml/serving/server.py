@@ -31,6 +31,9 @@
 - `--device cuda[:N]` serves on a GPU: the golden batch is replayed there at load (--golden-atol where its
   kernels round differently from the CPU that wrote the golden outputs), each instance runs its batches on
   its own CUDA stream, and batching matters most there (one kernel launch sequence for many requests).
+- `--runtime onnx` serves each bundle's ONNX artifact with ONNX Runtime (one session per instance, --threads
+  intra-op threads each; CPU execution provider, or CUDA with --device cuda where onnxruntime-gpu is
+  installed); `--runtime torchscript` the TorchScript one. Default: the artifact the bundle names.
 - Prometheus metrics on --metrics-port (requests, latency histogram, batch sizes, errors, queue depth).
 - SIGTERM/SIGINT: readiness goes false, new requests are refused, in-flight ones finish (--drain-seconds),
   then the process exits 0; the handlers are installed before the models load, so a signal during start-up
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", "--torch-threads", dest="threads", type=int,
                         help="the runtime's intra-op threads per instance (default: $OMP_NUM_THREADS if set, else "
                              "the usable cores divided by --instances, at least 1)")
+    parser.add_argument("--runtime", choices=["torchscript", "torch_export", "onnx"],
+                        help="which artifact of each bundle to serve, by format: torchscript (TorchScript), "
+                             "torch_export, or onnx (ONNX Runtime); default: each bundle's default artifact. The "
+                             "chosen artifact is replayed against the golden outputs before it is served")
     parser.add_argument("--device", default="cpu",
                         help="where models run: cpu (default), cuda or cuda:N (the golden batch is replayed there "
                              "before a version is served)")
@@ -157,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                        max_batch_size=args.max_batch_size, instances=args.instances, device=args.device,
                        golden_atol=args.golden_atol, max_concurrent_rpcs=args.max_concurrent_rpcs,
                        max_queued_rows=args.max_queued_rows, bundle_public_key=args.bundle_public_key,
-                       threads=threads)
+                       threads=threads, artifact_format=args.runtime)
     except (bundles.BundleError, OSError, ValueError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
     models = ", ".join(f"{n} (versions {', '.join(server.repository.versions(n))})" for n in server.repository.names())
     print(f"serving {models} on {args.host}:{server.port} (gRPC, Open Inference Protocol"
           f"{', TLS' if args.tls_cert else ''}); metrics on http://{args.host}:{server.metrics_port}/metrics; "
-          f"{args.instances} instance(s) per model x {threads} thread(s) on {server.repository.device}",
+          f"{args.runtime or 'default'} artifact, {args.instances} instance(s) per model x {threads} thread(s) on "
+          f"{server.repository.device}",
           file=sys.stderr, flush=True)
 
     while not stop.is_set():

@@ -6,7 +6,8 @@ returns is what the batcher and the golden check call, whatever runs inside:
     model.run(inputs)     a list of numpy arrays in signature order -> a list of numpy arrays
     model.instance()      a context manager each model thread holds while it serves (a CUDA stream, ...)
     model.device          the Device it runs on
-    model.platform        its name in Triton's ModelConfig/ModelMetadata (pytorch_libtorch, ...)
+    model.platform        its platform in Triton's ModelConfig (pytorch_libtorch, onnxruntime_onnx, ...)
+    model.metadata_platform  and in ModelMetadata
     model.module          the runtime's own object (a torch module, ...), for tests and diagnostics
 
 A runtime module is imported only when a bundle of its format loads, so a server that serves one runtime
@@ -17,14 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = ["RUNTIMES", "Device", "PythonModel", "load", "parse_device"]
 
 # artifact_format -> the module under ml.serving.runtimes that serves it
-RUNTIMES = {"torchscript": "torchscript", "torch_export": "torchscript"}
+RUNTIMES = {"torchscript": "torchscript", "torch_export": "torchscript", "onnx": "onnx"}
 
 
 class Device(NamedTuple):
@@ -61,7 +63,7 @@ class PythonModel:
     """A plain Python function of numpy arrays as a runtime model: for tests and benchmarks of the batcher.
     `fn` takes the inputs positionally and returns one array or a tuple/list of them."""
 
-    platform = "python"
+    platform = metadata_platform = "python"
 
     def __init__(self, fn: Callable, device: Any = "cpu") -> None:
         self.module, self.device = fn, parse_device(device)

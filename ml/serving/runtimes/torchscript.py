@@ -36,8 +36,9 @@ def check_device(device: Device) -> torch.device:
 class TorchModel:
     platform = "pytorch_libtorch"
 
-    def __init__(self, module, device: Device) -> None:
+    def __init__(self, module, device: Device, fmt: str = "torchscript") -> None:
         self.module, self.device = module, device
+        self.metadata_platform = "pytorch_" + fmt
         self._torch_device = torch.device(str(device))
         self._on_cpu = device.type == "cpu"
 
@@ -69,4 +70,4 @@ def load(data: bytes, fmt: str, device: Device, threads: int | None) -> TorchMod
         module = torch.export.load(io.BytesIO(data)).module().to(target)
     else:
         raise KeyError(fmt)
-    return TorchModel(module, device)
+    return TorchModel(module, device, fmt)
