@@ -167,7 +167,12 @@ def test_check_cli_passes_and_fails(export, tmp_path, capsys):
 
     out = build(export, tmp_path / "b")
     assert check_bundle.main([str(out)]) == 0
-    assert check_bundle.main([str(out), "--device", "cpu", "--golden-atol", "0"]) == 0
+    assert check_bundle.main([str(out), "--device", "cpu", "--golden-atol", "0", "--runtime", "torchscript"]) == 0
+    # ONNX Runtime is not bit-exact with the eager model, so a zero tolerance over every artifact fails, naming it
+    assert check_bundle.main([str(out), "--golden-atol", "0"]) == 1
+    assert "tolerance 0.0, from --golden-atol" in capsys.readouterr().err
+    assert check_bundle.main([str(out), "--runtime", "tensorrt"]) == 1
+    assert "no tensorrt artifact in this bundle (it carries onnx, torchscript)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         check_bundle.main([str(out), "--device", "tpu"])
     assert exit_.value.code == 2 and "--device 'tpu' is not a device the server knows" in capsys.readouterr().err
