@@ -67,6 +67,9 @@ class TrainerConfig:
     profile_steps: int = field(default=5, metadata=_help("steps recorded by --profile (after 2 warm-up steps)"))
     export_format: Literal["torchscript", "torch_export"] = field(
         default="torchscript", metadata=_help("format of the exported model"))
+    export_onnx: bool = field(default=True, metadata=_help(
+        "also export the model as ONNX (for ONNX Runtime serving); a model the exporter cannot take is still "
+        "exported, and a bundle asking for ONNX names the reason"))
     export: bool = field(default=True, metadata=_help("export the trained model at the end"))
 
     def validate(self) -> None:

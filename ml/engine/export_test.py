@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ml.engine.errors import ExportError
-from ml.engine.export import export_model
+from ml.engine.export import ONNX_OPSET, export_model
 
 
 class TwoHeads(torch.nn.Module):
@@ -64,3 +64,28 @@ def test_bad_arguments(tmp_path):
                      output_names=["x", "y"], folder=tmp_path)
     with pytest.raises(ExportError, match="format 'onnx' is not one of"):
         export_model(TwoHeads(), example(), input_names=["a", "b"], output_names=["x", "y"], folder=tmp_path, fmt="onnx")
+
+
+def test_the_onnx_artifact_is_written_next_to_the_main_one_and_matches_eager(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    model = TwoHeads()
+    result = export_model(model, example(), input_names=["ids", "dense"], output_names=["a", "b"], folder=tmp_path)
+    assert result.signature["artifacts"] == {"torchscript": "model.pt", "onnx": "model.onnx"}
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [ONNX_OPSET]
+    assert not any(node.metadata_props for node in proto.graph.node), "source paths would make builds differ"
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids, dense = (t[:3] for t in example())
+    got = session.run(None, {"ids": ids.numpy(), "dense": dense.numpy()})  # a batch size not exported
+    with torch.no_grad():
+        want = model(ids, dense)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == tuple(w.shape) and abs(g - w.numpy()).max() < 1e-5
+    first = (tmp_path / "model.onnx").read_bytes()
+    export_model(model, example(), input_names=["ids", "dense"], output_names=["a", "b"], folder=tmp_path / "again")
+    assert (tmp_path / "again" / "model.onnx").read_bytes() == first, "same model, different ONNX bytes"
+    export_model(model, example(), input_names=["ids", "dense"], output_names=["a", "b"], folder=tmp_path, onnx=False)
+    assert not (tmp_path / "model.onnx").exists()
+    assert json.loads((tmp_path / "signature.json").read_text())["artifacts"] == {"torchscript": "model.pt"}

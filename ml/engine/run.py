@@ -58,7 +58,8 @@ __all__ = ["RESUME_IGNORES", "Run", "git_commit", "lock_digest", "pin_identity",
 
 # Keys that may change between an interrupted run and its resume without changing the result.
 RESUME_IGNORES = ("resume", "run_name", "run_dir", "experiment", "log_every", "profile", "profile_steps",
-                  "num_workers", "export", "export_format", "checkpoint_every", "keep_checkpoints", "max_steps")
+                  "num_workers", "export", "export_format", "export_onnx",
+                  "checkpoint_every", "keep_checkpoints", "max_steps")
 
 
 def git_commit(folder: Path) -> str:

@@ -13,7 +13,6 @@ from collections import deque
 
 import grpc
 import numpy as np
-import torch
 
 from ml.serving.metrics import Metrics
 from ml.serving.protocol import RequestError
@@ -48,14 +47,14 @@ class DynamicBatcher:
     request runs immediately, and under load batches form by themselves from what arrived while every
     instance was busy: max_queue_delay is an upper bound on waiting for company, not a fixed cost.
 
-    Instances share one model object: TorchScript and torch.export modules are safe to call from several
-    threads (inference only, no state is written), and one copy of the weights stays in memory. TorchScript
-    runs its graph without the GIL, so N instances use up to N x --torch-threads cores; a torch.export
-    module steps through its graph in Python, so its instances overlap less.
+    `model` is a runtime model (ml/serving/runtimes: `.run(arrays) -> arrays`, `.instance()`, `.device`).
+    Instances share that one object: every runtime's models are safe to call from several threads (inference
+    only, no state is written), and one copy of the weights stays in memory. How far instances overlap is
+    the runtime's matter (its module docstring says).
     """
 
     def __init__(self, name: str, model, max_batch_size: int, max_delay_s: float, metrics: Metrics,
-                 instances: int = 1, device: torch.device | None = None, max_queued_rows: int | None = None) -> None:
+                 instances: int = 1, max_queued_rows: int | None = None) -> None:
         if instances < 1:
             raise ValueError(f"model {name}: instances must be at least 1, got {instances}")
         self.name, self.model, self.max_rows, self.max_delay = name, model, max_batch_size, max_delay_s
@@ -67,8 +66,7 @@ class DynamicBatcher:
             raise ValueError(f"model {name}: max_queued_rows {self.max_queued_rows} is below max_batch_size "
                              f"{max_batch_size}: no full batch could ever queue; raise it")
         self.instances = instances
-        self.device = device if device is not None else torch.device("cpu")
-        self._on_cpu = self.device.type == "cpu"
+        self.device = model.device
         self._queue_gauge = metrics.queue.labels(name)
         self._batch_hist = metrics.batch.labels(name)
         self._queue: deque[_Pending] = deque()
@@ -189,13 +187,7 @@ class DynamicBatcher:
             joined = [a if a.flags.writeable else a.copy() for a in batch[0].inputs]
         else:
             joined = [np.concatenate([p.inputs[i] for p in batch]) for i in range(len(batch[0].inputs))]
-        with torch.inference_mode():
-            tensors = [torch.from_numpy(a) for a in joined]
-            if not self._on_cpu:
-                tensors = [t.to(self.device) for t in tensors]
-            out = self.model(*tensors)
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        arrays = [t.detach().cpu().numpy() for t in out]
+        arrays = self.model.run(joined)
         self._batch_hist.observe(sum(p.rows for p in batch))
         if len(batch) == 1:
             batch[0].outputs = arrays
@@ -207,12 +199,7 @@ class DynamicBatcher:
             start = end
 
     def _loop(self) -> None:
-        if self.device.type == "cuda":
-            # Each instance queues its batches on its own stream, so one instance's copies and kernels can
-            # overlap another's; .cpu() on the outputs waits for this stream only.
-            with torch.cuda.stream(torch.cuda.Stream(self.device)):
-                self._serve()
-        else:
+        with self.model.instance():  # per-thread runtime state, e.g. this instance's own CUDA stream
             self._serve()
 
     def _serve(self) -> None:

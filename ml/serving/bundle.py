@@ -4,18 +4,21 @@ A bundle is a folder:
 
     bundle.json          the manifest (below)
     model/model.pt       TorchScript archive (or model/model.pt2: a torch.export program)
+    model/model.onnx     the same model as ONNX (optional; a bundle may carry several artifacts of one model)
     model/signature.json inputs/outputs: names, dtypes, shapes (-1 = dynamic batch)
     model/golden.npz     golden inputs and the outputs the trained model gave for them
 
-bundle.json holds: format, name, version, framework, artifact + artifact_format, the signature, the golden
+bundle.json holds: format, name, version, framework, artifact + artifact_format (the default artifact),
+artifacts ({format: path}: every artifact carried, each hashed like any file), the signature, the golden
 file and tolerance, the sha256 of every other file, the Bazel label that built it, the environment lock
 digest, the git commit, the MLflow run id and metrics where known, and serving defaults (max batch size,
 max queue delay). Nothing in it depends on time or the machine, so the same inputs give a byte-identical
 bundle.
 
 `verify()` checks every file's hash (and that no unlisted file slipped in) before anything is loaded;
-`load_model()` then loads the artifact with loaders that never unpickle arbitrary Python
-(torch.jit.load / torch.export.load), and `check_golden()` replays the golden batch.
+`load_model()` then loads the artifact with the runtime its format names (ml/serving/runtimes), whose loaders
+never unpickle arbitrary Python (torch.jit.load / torch.export.load), and `check_golden()` replays the golden
+batch through it.
 
 What verify() guarantees, and what not:
 - Every path the manifest names (the artifact, the golden file, each entry of `files`) must be a relative
@@ -40,15 +43,12 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
-
-__all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "generate_signing_key", "load_model", "load_public_key",
-           "resolve_device", "sign", "verify", "write_bundle"]
+__all__ = ["Bundle", "BundleError", "artifact_for", "check_golden", "export_digest", "generate_signing_key", "load_model",
+           "load_public_key", "resolve_device", "sign", "verify", "write_bundle"]
 
 FORMAT = "mlenv.bundle/1"
 MODEL_DIR = "model"
@@ -103,40 +103,82 @@ def export_digest(export_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+LEGACY_ARTIFACTS = {"torchscript": "model.pt", "torch_export": "model.pt2"}  # exports before "artifacts"
+
+
+def _export_artifacts(export_dir: Path, signature: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """The export's artifacts ({format: file name}) and the formats its exporter could not write ({format: why})."""
+    primary = signature.get("format")
+    artifacts = signature.get("artifacts") or ({primary: LEGACY_ARTIFACTS[primary]} if primary in LEGACY_ARTIFACTS else {})
+    if primary not in artifacts:
+        raise BundleError(f"{export_dir}/signature.json: unknown export format {primary!r}")
+    for fmt, file in artifacts.items():
+        if not isinstance(file, str) or "/" in file or "\\" in file or file in ("", ".", "..", "signature.json",
+                                                                                "golden.npz"):
+            raise BundleError(f"{export_dir}/signature.json: artifact {fmt} is {file!r}, not a file name of the export")
+    return artifacts, dict(signature.get("export_errors") or {})
+
+
 def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label: str, lock_digest: str,
                  git_commit: str, mlflow: dict[str, Any] | None = None, max_batch_size: int = 256,
-                 max_queue_delay_us: int = 2000, golden_atol: float = 1e-5) -> Path:
+                 max_queue_delay_us: int = 2000, golden_atol: float = 1e-5, formats: list[str] | None = None,
+                 default_format: str | None = None) -> Path:
+    """Writes the bundle of `export_dir` to `out`. `formats`: the artifacts to carry (default: every one the
+    export wrote or tried to write, so an ONNX export that failed fails here with the exporter's reason);
+    `default_format`: the one a server runs unless told otherwise (default: the export's main format). Every
+    artifact carried is replayed against the golden batch before this returns; on any error `out` is removed."""
     signature = json.loads((export_dir / "signature.json").read_text())
-    artifact_name = {"torchscript": "model.pt", "torch_export": "model.pt2"}.get(signature.get("format"))
-    if artifact_name is None:
-        raise BundleError(f"{export_dir}/signature.json: unknown export format {signature.get('format')!r}")
-    for required in (artifact_name, "signature.json", "golden.npz"):
+    artifacts, errors = _export_artifacts(export_dir, signature)
+    wanted = list(dict.fromkeys(formats or [*artifacts, *errors]))
+    for fmt in wanted:
+        if fmt in errors and fmt not in artifacts:
+            raise BundleError(f"{export_dir}: the model has no {fmt} artifact: its {fmt} export failed when the model "
+                              f"was exported: {errors[fmt]}\nFix: keep TorchScript: bundle only the formats that "
+                              f"exported (ml_model_bundle(formats = [{signature['format']!r}]), make_bundle --formats "
+                              f"{signature['format']}), or change the model so the {fmt} exporter accepts it")
+        if fmt not in artifacts:
+            raise BundleError(f"{export_dir}: no {fmt} artifact in this export (it has: {', '.join(artifacts)}); "
+                              f"bundle one of those, or export again with a trainer that writes {fmt}")
+    default = default_format or (signature["format"] if signature["format"] in wanted else wanted[0])
+    if default not in wanted:
+        raise BundleError(f"default format {default!r} is not among the bundled formats {', '.join(wanted)}: add it "
+                          f"to formats or choose one of those")
+    files_in = [artifacts[f] for f in wanted]
+    for required in (*files_in, "signature.json", "golden.npz"):
         if not (export_dir / required).is_file():
             raise BundleError(f"{export_dir} has no {required}: is it an export folder of an engine trainer?")
     if out.exists() or out.is_symlink():
         _check_replaceable(out)
         shutil.rmtree(out)
-    (out / MODEL_DIR).mkdir(parents=True)
-    for file in (artifact_name, "signature.json", "golden.npz"):
-        shutil.copyfile(export_dir / file, out / MODEL_DIR / file)
-    files = {f"{MODEL_DIR}/{f}": _sha256(out / MODEL_DIR / f) for f in sorted((artifact_name, "signature.json", "golden.npz"))}
-    manifest = {
-        "format": FORMAT,
-        "name": name,
-        "version": version,
-        "framework": "pytorch",
-        "artifact": f"{MODEL_DIR}/{artifact_name}",
-        "artifact_format": signature["format"],
-        "signature": {"inputs": signature["inputs"], "outputs": signature["outputs"]},
-        "golden": {"file": f"{MODEL_DIR}/golden.npz", "atol": golden_atol},
-        "files": files,
-        "built_by": label,
-        "lock_digest": lock_digest,
-        "git_commit": git_commit,
-        "mlflow": mlflow or {},
-        "serving": {"max_batch_size": max_batch_size, "max_queue_delay_us": max_queue_delay_us},
-    }
-    (out / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    try:
+        (out / MODEL_DIR).mkdir(parents=True)
+        for file in (*files_in, "signature.json", "golden.npz"):
+            shutil.copyfile(export_dir / file, out / MODEL_DIR / file)
+        files = {f"{MODEL_DIR}/{f}": _sha256(out / MODEL_DIR / f) for f in sorted((*files_in, "signature.json", "golden.npz"))}
+        manifest = {
+            "format": FORMAT,
+            "name": name,
+            "version": version,
+            "framework": "pytorch",
+            "artifact": f"{MODEL_DIR}/{artifacts[default]}",
+            "artifact_format": default,
+            "artifacts": {f: f"{MODEL_DIR}/{artifacts[f]}" for f in wanted},
+            "signature": {"inputs": signature["inputs"], "outputs": signature["outputs"]},
+            "golden": {"file": f"{MODEL_DIR}/golden.npz", "atol": golden_atol},
+            "files": files,
+            "built_by": label,
+            "lock_digest": lock_digest,
+            "git_commit": git_commit,
+            "mlflow": mlflow or {},
+            "serving": {"max_batch_size": max_batch_size, "max_queue_delay_us": max_queue_delay_us},
+        }
+        (out / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        written = verify(out)
+        for fmt in wanted:  # each artifact as a server would load it, against the trained model's outputs
+            check_golden(written, load_model(written, "cpu", fmt=fmt))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 
@@ -209,7 +251,12 @@ def verify(path: Path, public_key: Any = None) -> Bundle:
     for rel in listed:
         _inside(manifest_path, "a key of 'files'", rel)
     golden = manifest["golden"].get("file") if isinstance(manifest["golden"], dict) else None
-    for what, rel in (("'artifact'", manifest["artifact"]), ("'golden.file'", golden)):
+    artifacts = manifest.get("artifacts", {})
+    if not isinstance(artifacts, dict):
+        raise BundleError(f"{manifest_path}: 'artifacts' must map artifact formats to paths in the bundle")
+    named = [("'artifact'", manifest["artifact"]), ("'golden.file'", golden),
+             *((f"'artifacts.{fmt}'", rel) for fmt, rel in sorted(artifacts.items()))]
+    for what, rel in named:
         _inside(manifest_path, what, rel)
         if rel not in listed:
             raise BundleError(f"{manifest_path}: {what} {rel} is not in 'files', so nothing pins its hash: rebuild "
@@ -291,46 +338,38 @@ def generate_signing_key(private_pem: Path, public_pem: Path) -> None:
                                                                serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def load_model(bundle: Bundle, device: str = "cpu"):
-    """Loads the verified artifact onto `device` (a torch device string, e.g. "cpu", "cuda:0"); returns a
-    callable taking inputs in signature order. Nothing is unpickled: TorchScript and torch.export archives
-    hold tensors and code, not Python objects."""
-    import torch
-
-    artifact = io.BytesIO(bundle.data(bundle.manifest["artifact"]))  # the verified bytes, not the path again
-    fmt = bundle.manifest.get("artifact_format", "torchscript")
-    if fmt == "torchscript":
-        module = torch.jit.load(artifact, map_location=device)
-        module.eval()
-        return module
-    if fmt == "torch_export":
-        return torch.export.load(artifact).module().to(device)
-    raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable")
+def artifact_for(bundle: Bundle, fmt: str | None = None) -> tuple[str, str]:
+    """(format, path in the bundle) of the artifact to serve: the bundle's default, or the one of format `fmt`."""
+    default = bundle.manifest.get("artifact_format", "torchscript")
+    artifacts = {default: bundle.manifest["artifact"], **bundle.manifest.get("artifacts", {})}
+    fmt = fmt or default
+    if fmt not in artifacts:
+        raise BundleError(f"{bundle.path}: no {fmt} artifact in this bundle (it carries {', '.join(sorted(artifacts))}): "
+                          f"serve one of those (--runtime), or rebuild the bundle with {fmt} in its formats")
+    return fmt, artifacts[fmt]
 
 
-def resolve_device(spec: str) -> torch.device:
-    """The torch device `spec` names, checked now: a server or check must not start on a device it cannot use.
-    ValueError says what is wrong and what to do."""
-    import torch
+def load_model(bundle: Bundle, device: Any = "cpu", *, threads: int | None = None, fmt: str | None = None):
+    """Loads the verified artifact of format `fmt` (default: the bundle's default artifact) onto `device`
+    ("cpu", "cuda", "cuda:N") with the runtime its format names (ml/serving/runtimes); returns the runtime's
+    model: `.run(list of arrays in signature order)`. Nothing is unpickled: every servable format holds
+    tensors and code, not Python objects. ValueError if the device cannot be used."""
+    from ml.serving import runtimes
 
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"--device {spec!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = torch.version.cuda or "none: a CPU-only build"
-            raise ValueError(f"--device {spec}: torch {torch.__version__} sees no CUDA device (CUDA in this build: "
-                             f"{built}); use --device cpu, or run on a GPU machine with the CUDA environment "
-                             f"(tools/bazel run --config=cuda ...)")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise ValueError(f"--device {spec}: the server runs models on cpu or cuda[:N], not {device.type}")
-    return device
+    fmt, rel = artifact_for(bundle, fmt)
+    if fmt not in runtimes.RUNTIMES:
+        raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable (this server runs "
+                          f"{', '.join(sorted(runtimes.RUNTIMES))})")
+    # the verified bytes, never the path again
+    return runtimes.load(bundle.data(rel), fmt, device, threads)
+
+
+def resolve_device(spec: Any):
+    """The runtimes.Device `spec` names ("cpu", "cuda", "cuda:N"); ValueError says what to give instead. The
+    runtime that loads a model onto it checks that the device exists."""
+    from ml.serving import runtimes
+
+    return runtimes.parse_device(spec)
 
 
 def golden_arrays(bundle: Bundle) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -341,28 +380,25 @@ def golden_arrays(bundle: Bundle) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return inputs, outputs
 
 
-def check_golden(bundle: Bundle, model=None, *, device: str = "cpu", atol: float | None = None) -> float:
-    """Runs the golden inputs on `device`; returns the worst absolute difference, raises BundleError past the
-    tolerance (the bundle's golden atol unless `atol` overrides it)."""
-    import torch
-
+def check_golden(bundle: Bundle, model=None, *, device: Any = "cpu", atol: float | None = None) -> float:
+    """Runs the golden inputs through `model` (a runtime model from load_model; loaded onto `device` if not
+    given); returns the worst absolute difference, raises BundleError past the tolerance (the bundle's golden
+    atol unless `atol` overrides it)."""
     model = model or load_model(bundle, device)
     inputs, expected = golden_arrays(bundle)
-    with torch.inference_mode():
-        got = model(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in inputs))
-    got = got if isinstance(got, (tuple, list)) else (got,)
+    got = model.run([np.ascontiguousarray(a) for a in inputs])
     bundle_atol = float(bundle.manifest["golden"]["atol"])
     tolerance = bundle_atol if atol is None else atol
+    on_cpu = model.device.type == "cpu"
     worst = 0.0
     for spec, g, want in zip(bundle.signature["outputs"], got, expected, strict=True):
-        g = g.detach().cpu().numpy()
         diff = float(np.max(np.abs(g.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
         worst = max(worst, diff)
         if diff > tolerance:
-            hint = ("this environment does not reproduce the trained model" if torch.device(device).type == "cpu"
-                    else f"kernels on {device} round differently from the CPU that wrote the golden outputs; if "
-                         f"{diff:.3g} is acceptable for this model, serve with --golden-atol {diff * 2:.1g}")
-            where = "" if torch.device(device).type == "cpu" else f" on {device}"
+            hint = ("this environment does not reproduce the trained model" if on_cpu
+                    else f"kernels on {model.device} round differently from the CPU that wrote the golden outputs; "
+                         f"if {diff:.3g} is acceptable for this model, serve with --golden-atol {diff * 2:.1g}")
+            where = "" if on_cpu else f" on {model.device}"
             raise BundleError(f"{bundle.path}: output {spec['name']}{where} differs from the golden outputs by "
                               f"{diff:.3g} (tolerance {tolerance}{'' if atol is None else ', from --golden-atol'}): "
                               f"{hint}")

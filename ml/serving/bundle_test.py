@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -22,9 +23,10 @@ def tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture
-def export(tmp_path):
-    folder = tmp_path / "export"
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """One export for the module (with its ONNX artifact: that export takes seconds); tests never change it."""
+    folder = tmp_path_factory.mktemp("export")
     export_model(TinyRanker(), example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"],
                  folder=folder)
     return folder
@@ -49,8 +51,63 @@ def test_manifest_records_provenance_and_signature(export, tmp_path):
     assert m["lock_digest"] == "sha256:l" and m["mlflow"]["run_id"] == "r1"
     assert [t["name"] for t in m["signature"]["inputs"]] == ["ids", "dense"]
     assert m["signature"]["inputs"][0] == {"name": "ids", "dtype": "int64", "shape": [-1, 4]}
-    assert set(m["files"]) == {"model/model.pt", "model/signature.json", "model/golden.npz"}
+    assert set(m["files"]) == {"model/model.pt", "model/model.onnx", "model/signature.json", "model/golden.npz"}
+    assert m["artifacts"] == {"torchscript": "model/model.pt", "onnx": "model/model.onnx"}
+    assert (m["artifact"], m["artifact_format"]) == ("model/model.pt", "torchscript")  # the default to serve
     assert bundle.check_golden(b) == 0.0
+    onnx = bundle.load_model(b, fmt="onnx")
+    assert type(onnx).__name__ == "OnnxModel" and bundle.check_golden(b, onnx) < 1e-6
+
+
+class Unexportable(TinyRanker):
+    """TinyRanker plus an op the ONNX exporter has no function for (aten.linalg_eig); TorchScript traces it."""
+
+    def forward(self, ids, dense):
+        score, prob = super().forward(ids, dense)
+        eig = torch.linalg.eigvals(torch.eye(2).expand(ids.shape[0], 2, 2)).real.sum(1)
+        return score + 0 * eig, prob
+
+
+def test_a_model_onnx_cannot_take_fails_the_bundle_build_with_the_reason_and_the_fix(tmp_path, capsys):
+    folder = tmp_path / "export"
+    result = export_model(Unexportable(), example_inputs(), input_names=["ids", "dense"],
+                          output_names=["score", "prob"], folder=folder)
+    assert result.signature["artifacts"] == {"torchscript": "model.pt"} and not (folder / "model.onnx").exists()
+    assert "aten.linalg_eig" in result.signature["export_errors"]["onnx"]
+    with pytest.raises(bundle.BundleError) as info:
+        build(folder, tmp_path / "b")
+    message = str(info.value)
+    assert "its onnx export failed" in message and "aten.linalg_eig" in message
+    assert "Fix: keep TorchScript" in message and "formats = ['torchscript']" in message
+    assert not (tmp_path / "b").exists(), "a failed bundle build left a folder behind"
+    args = ["--export-dir", str(folder), "--name", "tiny", "--version", "1", "--out", str(tmp_path / "cli")]
+    assert make_bundle.main(args) == 1 and "Fix: keep TorchScript" in capsys.readouterr().err
+    assert make_bundle.main([*args, "--formats", "torchscript"]) == 0  # the fix works
+    assert bundle.verify(tmp_path / "cli").manifest["artifacts"] == {"torchscript": "model/model.pt"}
+
+
+def test_the_default_artifact_and_the_formats_carried_are_chosen_at_build(export, tmp_path):
+    b = bundle.verify(build(export, tmp_path / "b", default_format="onnx"))
+    assert (b.manifest["artifact"], b.manifest["artifact_format"]) == ("model/model.onnx", "onnx")
+    assert type(bundle.load_model(b)).__name__ == "OnnxModel"
+    only = bundle.verify(build(export, tmp_path / "ts", formats=["torchscript"]))
+    assert set(only.manifest["files"]) == {"model/model.pt", "model/signature.json", "model/golden.npz"}
+    with pytest.raises(bundle.BundleError, match="no onnx artifact in this bundle .it carries torchscript.: serve "
+                                                 "one of those"):
+        bundle.load_model(only, fmt="onnx")
+    with pytest.raises(bundle.BundleError, match="default format 'onnx' is not among the bundled formats"):
+        build(export, tmp_path / "bad", formats=["torchscript"], default_format="onnx")
+
+
+def test_a_wrong_onnx_artifact_fails_the_bundle_build_at_its_golden_replay(export, tmp_path):
+    other = tmp_path / "other"
+    export_model(TinyRanker(bias=5.0), example_inputs(), input_names=["ids", "dense"],
+                 output_names=["score", "prob"], folder=other)
+    mixed = shutil.copytree(export, tmp_path / "mixed")
+    (mixed / "model.onnx").write_bytes((other / "model.onnx").read_bytes())  # not the model of golden.npz
+    with pytest.raises(bundle.BundleError, match="output score differs from the golden outputs by 5"):
+        build(mixed, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -110,10 +167,15 @@ def test_check_cli_passes_and_fails(export, tmp_path, capsys):
 
     out = build(export, tmp_path / "b")
     assert check_bundle.main([str(out)]) == 0
-    assert check_bundle.main([str(out), "--device", "cpu", "--golden-atol", "0"]) == 0
+    assert check_bundle.main([str(out), "--device", "cpu", "--golden-atol", "0", "--runtime", "torchscript"]) == 0
+    # ONNX Runtime is not bit-exact with the eager model, so a zero tolerance over every artifact fails, naming it
+    assert check_bundle.main([str(out), "--golden-atol", "0"]) == 1
+    assert "tolerance 0.0, from --golden-atol" in capsys.readouterr().err
+    assert check_bundle.main([str(out), "--runtime", "tensorrt"]) == 1
+    assert "no tensorrt artifact in this bundle (it carries onnx, torchscript)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         check_bundle.main([str(out), "--device", "tpu"])
-    assert exit_.value.code == 2 and "--device 'tpu' is not a device torch knows" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--device 'tpu' is not a device the server knows" in capsys.readouterr().err
     (out / "model/model.pt").write_bytes(b"not a model")
     assert check_bundle.main([str(out)]) == 1
 
@@ -181,8 +243,9 @@ def test_load_uses_the_verified_bytes_not_the_file_swapped_after_the_check(expor
     assert bundle.check_golden(verified, model) == 0.0
     ids, dense = example_inputs(3)
     with torch.inference_mode():
-        want, got = TinyRanker()(ids, dense)[0], model(ids, dense)[0]
-    assert torch.allclose(got, want, atol=1e-6), "the model loaded was not the one verified"
+        want = TinyRanker()(ids, dense)[0].numpy()
+    got = model.run([ids.numpy(), dense.numpy()])[0]
+    np.testing.assert_allclose(got, want, atol=1e-6, err_msg="the model loaded was not the one verified")
 
 
 def test_write_bundle_refuses_to_delete_a_folder_that_is_not_a_bundle(export, tmp_path):

@@ -26,6 +26,7 @@ from ml.serving import server
 from ml.serving.batcher import DynamicBatcher
 from ml.serving.metrics import Metrics
 from ml.serving.repository import ModelRepository
+from ml.serving.runtimes import PythonModel
 from ml.serving.testing import expected, inputs_for, make_bundle, rows
 
 
@@ -34,7 +35,7 @@ def _double(x):
 
 
 def test_retiring_a_version_with_several_instances_stops_every_instance_at_once():
-    batcher = DynamicBatcher("m/1", _double, 64, 0.5, Metrics(), instances=4)
+    batcher = DynamicBatcher("m/1", PythonModel(_double), 64, 0.5, Metrics(), instances=4)
     batcher.reserve()  # a request that picked this version just before it was retired
     closer = threading.Thread(target=batcher.close)
     closer.start()
@@ -183,7 +184,7 @@ def test_the_batcher_refuses_work_past_its_queue_bound():
         gate.wait(10)
         return x * 2
 
-    batcher = DynamicBatcher("m/1", blocked, 4, 0.0, Metrics(), instances=1, max_queued_rows=4)
+    batcher = DynamicBatcher("m/1", PythonModel(blocked), 4, 0.0, Metrics(), instances=1, max_queued_rows=4)
     try:
         with ThreadPoolExecutor(4) as pool:
             running = pool.submit(batcher.submit, [np.ones(4)], 4, 10)

@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="Bazel's volatile-status.txt (GIT_COMMIT) or stable-status.txt (STABLE_GIT_COMMIT)")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
+    parser.add_argument("--formats", type=lambda v: [f for f in v.split(",") if f],
+                        help="comma-separated artifact formats to carry, e.g. torchscript,onnx (default: every format "
+                             "the export wrote or tried to write)")
+    parser.add_argument("--default-format", help="the artifact a server runs unless its --runtime says otherwise "
+                                                 "(default: the export's main format)")
     parser.add_argument("--sign-key", type=Path,
                         help="Ed25519 private key (PEM): also write bundle.json.sig, for servers run with "
                              "--bundle-public-key")
@@ -98,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                                if result.is_file() else {})
             bundle.write_bundle(export, args.out, name=args.name, version=args.version, label=args.label,
                                 lock_digest=lock, git_commit=commit, mlflow=mlflow_info,
-                                max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us)
+                                max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+                                formats=args.formats, default_format=args.default_format)
             if args.sign_key:
                 bundle.sign(args.out, args.sign_key)
     except bundle.BundleError as exc:

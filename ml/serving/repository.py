@@ -24,10 +24,12 @@ log = logging.getLogger("mlenv.serving")
 
 
 class LoadedModel:
-    """A served model version: bundle, model, batcher, and what every request needs precomputed."""
+    """A served model version: bundle, runtime model, batcher, and what every request needs precomputed.
+    `module` is the runtime's own object (a torch module, ...), `runtime` the seam object around it."""
 
-    def __init__(self, bundle: bundles.Bundle, module: Any, batcher: DynamicBatcher, metrics: Metrics) -> None:
-        self.bundle, self.module, self.batcher = bundle, module, batcher
+    def __init__(self, bundle: bundles.Bundle, runtime: Any, batcher: DynamicBatcher, metrics: Metrics) -> None:
+        self.bundle, self.runtime, self.batcher = bundle, runtime, batcher
+        self.module = runtime.module
         self.input_specs = tuple(input_spec(t) for t in self.inputs)
         self.input_names = [t.name for t in self.input_specs]
         self.input_index = {t.name: i for i, t in enumerate(self.input_specs)}
@@ -85,12 +87,15 @@ class ModelRepository:
     def __init__(self, metrics: Metrics, *, keep_versions: int = DEFAULT_KEEP_VERSIONS,
                  max_delay_override_us: int | None = None, max_batch_override: int | None = None,
                  instances: int = 1, device: str = "cpu", golden_atol: float | None = None,
-                 max_queued_rows: int | None = None, public_key: Any = None) -> None:
+                 max_queued_rows: int | None = None, public_key: Any = None, threads: int | None = None,
+                 artifact_format: str | None = None) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1 (model threads per version), got {instances}")
         if keep_versions < 0:
             raise ValueError(f"keep_versions must be 0 (keep all) or more, got {keep_versions}")
         self.device = bundles.resolve_device(device)
+        self.threads = threads  # intra-op threads per instance, for the runtime (None: its default)
+        self.artifact_format = artifact_format  # which artifact of each bundle to serve (None: its default)
         self.golden_atol = golden_atol
         self.metrics = metrics
         self.keep_versions = keep_versions
@@ -108,13 +113,14 @@ class ModelRepository:
 
     def load(self, path: Path) -> LoadedModel:
         b = bundles.verify(path, public_key=self.public_key)
-        module = bundles.load_model(b, str(self.device))
-        bundles.check_golden(b, module, device=str(self.device), atol=self.golden_atol)
+        # The chosen artifact is replayed against the golden outputs here, whichever runtime runs it.
+        module = bundles.load_model(b, self.device, threads=self.threads, fmt=self.artifact_format)
+        bundles.check_golden(b, module, atol=self.golden_atol)
         serving = b.manifest.get("serving", {})
         max_rows = self.max_batch_override or int(serving.get("max_batch_size", 256))
         delay_us = self.max_delay_override_us if self.max_delay_override_us is not None else int(serving.get("max_queue_delay_us", 2000))
         batcher = DynamicBatcher(f"{b.name}/{b.version}", module, max_rows, delay_us / 1e6, self.metrics,
-                                 self.instances, self.device, self.max_queued_rows)
+                                 self.instances, self.max_queued_rows)
         try:
             loaded = LoadedModel(b, module, batcher, self.metrics)
         except Exception:
@@ -133,7 +139,8 @@ class ModelRepository:
             self.metrics.loaded.labels(b.name, b.version).set(1)
             for model in retired:
                 self._retire(model)
-        log.info("loaded %s version %s from %s", b.name, b.version, path)
+        log.info("loaded %s version %s from %s (%s artifact)", b.name, b.version, path,
+                 bundles.artifact_for(b, self.artifact_format)[0])
         return loaded
 
     def _retire(self, model: LoadedModel) -> None:

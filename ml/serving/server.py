@@ -16,7 +16,7 @@
   never waits); requests that arrive while every instance is busy queue up and run together, up to the
   bundle's max_batch_size rows. max_queue_delay_us only bounds how long a batch waits for requests that
   are already being decoded. `--instances N` model threads per version share the queue (default 1);
-  `--torch-threads` sets torch's intra-op threads per instance (default $OMP_NUM_THREADS, else
+  `--threads` (or --torch-threads) sets the runtime's intra-op threads per instance (default $OMP_NUM_THREADS, else
   cores / instances), so N x threads should not exceed the cores the server may use. Which N is best
   depends on the requests (docs/benchmarks.md, 4 cores, homefeed): small ones batch best on 1 instance
   (B=1, 8 clients: 1,920 req/s with 1, 1,261 with 4); large ones gain from more (B=32: 337 with 1, 780 with
@@ -31,6 +31,9 @@
 - `--device cuda[:N]` serves on a GPU: the golden batch is replayed there at load (--golden-atol where its
   kernels round differently from the CPU that wrote the golden outputs), each instance runs its batches on
   its own CUDA stream, and batching matters most there (one kernel launch sequence for many requests).
+- `--runtime onnx` serves each bundle's ONNX artifact with ONNX Runtime (one session per instance, --threads
+  intra-op threads each; CPU execution provider, or CUDA with --device cuda where onnxruntime-gpu is
+  installed); `--runtime torchscript` the TorchScript one. Default: the artifact the bundle names.
 - Prometheus metrics on --metrics-port (requests, latency histogram, batch sizes, errors, queue depth).
 - SIGTERM/SIGINT: readiness goes false, new requests are refused, in-flight ones finish (--drain-seconds),
   then the process exits 0; the handlers are installed before the models load, so a signal during start-up
@@ -48,8 +51,6 @@ import sys
 import threading
 from pathlib import Path
 
-import torch
-
 from ml.serving import bundle as bundles
 from ml.serving.batcher import DEFAULT_QUEUED_BATCHES, DynamicBatcher
 from ml.serving.metrics import Metrics
@@ -66,10 +67,10 @@ __all__ = ["TORCH_TO_OIP", "DynamicBatcher", "InferenceServer", "LoadedModel", "
 DEFAULT_INSTANCES = 1
 
 
-def default_torch_threads(instances: int) -> int:
+def default_threads(instances: int) -> int:
     """Intra-op threads per instance: $OMP_NUM_THREADS when the operator set it (torch itself honours it),
     else this process's usable cores shared among the instances, so that busy instances do not oversubscribe
-    the cores (each instance's torch ops run on their own team of threads)."""
+    the cores (each instance's ops run on their own team of threads)."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
@@ -96,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=DEFAULT_INSTANCES,
                         help=f"model threads per model version, taking batches from one queue (default "
                              f"{DEFAULT_INSTANCES}): while one runs a batch the next batch forms and starts on another")
-    parser.add_argument("--torch-threads", type=int,
-                        help="torch intra-op threads per instance (default: $OMP_NUM_THREADS if set, else the "
-                             "usable cores divided by --instances, at least 1)")
+    parser.add_argument("--threads", "--torch-threads", dest="threads", type=int,
+                        help="the runtime's intra-op threads per instance (default: $OMP_NUM_THREADS if set, else "
+                             "the usable cores divided by --instances, at least 1)")
+    parser.add_argument("--runtime", choices=["torchscript", "torch_export", "onnx"],
+                        help="which artifact of each bundle to serve, by format: torchscript (TorchScript), "
+                             "torch_export, or onnx (ONNX Runtime); default: each bundle's default artifact. The "
+                             "chosen artifact is replayed against the golden outputs before it is served")
     parser.add_argument("--device", default="cpu",
                         help="where models run: cpu (default), cuda or cuda:N (the golden batch is replayed there "
                              "before a version is served)")
@@ -148,10 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("max_concurrent_rpcs", "max_queued_rows"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give at least 1, or leave it out")
-    if args.torch_threads is not None and args.torch_threads < 1:
-        parser.error(f"--torch-threads {args.torch_threads}: give at least 1 thread, or leave it out for the default")
-    torch_threads = args.torch_threads or default_torch_threads(args.instances)
-    torch.set_num_threads(torch_threads)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: give at least 1 thread, or leave it out for the default")
+    threads = args.threads or default_threads(args.instances)
     try:
         server = start(bundles_to_load=args.bundle, repository_dir=args.repository, host=args.host, port=args.port,
                        metrics_port=None if args.metrics_port < 0 else args.metrics_port, workers=args.workers,
@@ -159,14 +163,16 @@ def main(argv: list[str] | None = None) -> int:
                        keep_versions=args.keep_versions, max_queue_delay_us=args.max_queue_delay_us,
                        max_batch_size=args.max_batch_size, instances=args.instances, device=args.device,
                        golden_atol=args.golden_atol, max_concurrent_rpcs=args.max_concurrent_rpcs,
-                       max_queued_rows=args.max_queued_rows, bundle_public_key=args.bundle_public_key)
+                       max_queued_rows=args.max_queued_rows, bundle_public_key=args.bundle_public_key,
+                       threads=threads, artifact_format=args.runtime)
     except (bundles.BundleError, OSError, ValueError) as exc:
         print(f"serve: error: {exc}", file=sys.stderr)
         return 1
     models = ", ".join(f"{n} (versions {', '.join(server.repository.versions(n))})" for n in server.repository.names())
     print(f"serving {models} on {args.host}:{server.port} (gRPC, Open Inference Protocol"
           f"{', TLS' if args.tls_cert else ''}); metrics on http://{args.host}:{server.metrics_port}/metrics; "
-          f"{args.instances} instance(s) per model x {torch_threads} torch thread(s) on {server.repository.device}",
+          f"{args.runtime or 'default'} artifact, {args.instances} instance(s) per model x {threads} thread(s) on "
+          f"{server.repository.device}",
           file=sys.stderr, flush=True)
 
     while not stop.is_set():

@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from ml.serving import bundle, server
+from ml.serving.runtimes import PythonModel
 from ml.serving.testing import expected, inputs_for, make_bundle, rows
 
 
@@ -295,7 +296,7 @@ def test_cli_refuses_bad_usage(tmp_path):
 def test_cli_refuses_a_device_it_cannot_serve_on(tmp_path):
     b = make_bundle(tmp_path / "repo")
     proc = _serve_cli("--bundle", str(b), "--port", "0", "--metrics-port", "-1", "--device", "tpu")
-    assert proc.wait(60) == 1 and "--device 'tpu' is not a device torch knows; use cpu, cuda" in proc.stderr.read()
+    assert proc.wait(60) == 1 and "--device 'tpu' is not a device the server knows; use cpu, cuda" in proc.stderr.read()
     proc = _serve_cli("--bundle", str(b), "--port", "0", "--metrics-port", "-1", "--golden-atol", "-1")
     assert proc.wait(60) == 2 and "--golden-atol -1.0: give a tolerance of 0 or more" in proc.stderr.read()
     if torch.cuda.is_available():
@@ -323,7 +324,7 @@ class SleepyModel:
 
 
 def _batcher(model, *, max_rows=64, delay_s=0.5, instances=1):
-    return server.DynamicBatcher("m/1", model, max_rows, delay_s, server.Metrics(), instances)
+    return server.DynamicBatcher("m/1", PythonModel(model), max_rows, delay_s, server.Metrics(), instances)
 
 
 def test_a_lone_request_runs_at_once_not_after_max_queue_delay():

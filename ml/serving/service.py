@@ -75,7 +75,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                                                            datatype=oip_datatype(t))
 
         return pb.ModelMetadataResponse(name=model.bundle.name, versions=self.repository.versions(model.bundle.name),
-                                        platform="pytorch_" + model.bundle.manifest.get("artifact_format", "torchscript"),
+                                        platform=model.runtime.metadata_platform,
                                         inputs=[meta(t) for t in model.inputs], outputs=[meta(t) for t in model.outputs])
 
     def ModelConfig(self, request, context):
@@ -92,7 +92,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     @staticmethod
     def _config(model: LoadedModel, dims) -> pb.ModelConfig:
         return pb.ModelConfig(
-            name=model.bundle.name, platform="pytorch_libtorch", backend="mlenv",
+            name=model.bundle.name, platform=model.runtime.platform, backend="mlenv",
             max_batch_size=model.batcher.max_rows,
             input=[pb.ModelInput(name=t["name"], data_type=config_datatype(t), dims=dims(t))
                    for t in model.inputs],
@@ -164,9 +164,12 @@ def start(*, bundles_to_load: list[Path] = (), repository_dir: Path | None = Non
           max_queue_delay_us: int | None = None, max_batch_size: int | None = None,
           instances: int = 1, device: str = "cpu", golden_atol: float | None = None,
           max_concurrent_rpcs: int | None = None, max_queued_rows: int | None = None,
-          bundle_public_key: Path | None = None) -> InferenceServer:
+          bundle_public_key: Path | None = None, threads: int | None = None,
+          artifact_format: str | None = None) -> InferenceServer:
     """Loads the models and starts serving. `instances`: model threads per model version (see DynamicBatcher);
-    torch's intra-op thread count is process-wide and left to the caller (main() sets it).
+    `threads`: intra-op threads per instance, handed to each model's runtime (None: the runtime's default;
+    torch's count is process-wide, so the last torch model loaded sets it for all); `artifact_format`: which
+    artifact of each bundle to serve, e.g. "onnx" (None: each bundle's default).
 
     Overload is refused, never queued without end: past `max_concurrent_rpcs` RPCs in the server (running or
     waiting for a worker thread; default 4 x workers) gRPC answers RESOURCE_EXHAUSTED at once, and past
@@ -180,7 +183,7 @@ def start(*, bundles_to_load: list[Path] = (), repository_dir: Path | None = Non
     repository = ModelRepository(metrics, keep_versions=keep_versions, max_delay_override_us=max_queue_delay_us,
                                  max_batch_override=max_batch_size, instances=instances, device=device,
                                  golden_atol=golden_atol, max_queued_rows=max_queued_rows,
-                                 public_key=bundle_public_key)
+                                 public_key=bundle_public_key, threads=threads, artifact_format=artifact_format)
     try:
         for path in bundles_to_load:
             repository.load(Path(path))  # a bad bundle given explicitly is fatal: say so before serving

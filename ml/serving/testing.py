@@ -51,11 +51,13 @@ def example_inputs(rows: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_bundle(root: Path, *, name: str = "tiny", version: str = "1", bias: float = 0.0,
-                max_batch_size: int = 64, max_queue_delay_us: int = 2000, work: int = 0) -> Path:
-    """A bundle of TinyRanker (SlowRanker when `work` > 0) under root/name/version."""
+                max_batch_size: int = 64, max_queue_delay_us: int = 2000, work: int = 0, onnx: bool = False) -> Path:
+    """A bundle of TinyRanker (SlowRanker when `work` > 0) under root/name/version; with `onnx`, it carries
+    the ONNX artifact too (the ONNX export takes seconds, so only tests of that path ask for it)."""
     export = root / f"export-{name}-{version}"
     model = SlowRanker(bias, work) if work else TinyRanker(bias)
-    export_model(model, example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"], folder=export)
+    export_model(model, example_inputs(), input_names=["ids", "dense"], output_names=["score", "prob"], folder=export,
+                 onnx=onnx)
     return bundle.write_bundle(export, root / name / version, name=name, version=version, label="//test:tiny",
                                lock_digest="sha256:test", git_commit="test", max_batch_size=max_batch_size,
                                max_queue_delay_us=max_queue_delay_us)

@@ -82,7 +82,7 @@ class Bundles:
         bias = float(version)
         export = self.root / f"export-{version}"
         export_model(Mlp(self.work, bias), (torch.randn(4, 64),), input_names=["x"], output_names=["score"],
-                     folder=export)
+                     folder=export, onnx=False)  # these bundles are served as TorchScript only
         staging = self.root / f"staging-{version}"
         bundle.write_bundle(export, staging, name=NAME, version=version, label="//tools/bench:serving_faults",
                             lock_digest="bench", git_commit="bench", max_batch_size=64, max_queue_delay_us=2000)

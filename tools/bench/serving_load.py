@@ -1,28 +1,29 @@
-"""Benchmark: our model server vs KServe's Python model server vs the model called in-process.
+"""Benchmark: our model server (TorchScript and ONNX Runtime) vs KServe's Python model server vs the model
+called in-process, on the homefeed bundle.
 
-Prints markdown for docs/benchmarks.md. In one run, on the homefeed bundle's TorchScript model, the same
-closed-loop load is put on three systems, one after the other (never two at once):
-  (a) ours: ml/serving/server.py serving the bundle (gRPC, Open Inference Protocol, dynamic batching);
-  (b) kserve: KServe's Python ModelServer (PyPI `kserve`) serving the same model.pt through a small
-      kserve.Model subclass over its v2 gRPC server. It runs in its own virtualenv and process (cached
-      under ~/.cache/mlenv/kserve-venv): kserve and tritonclient must never share a process (kserve#3099),
-      so this script never imports kserve;
-  (c) in-process: the same TorchScript module called directly under torch.inference_mode, no network:
-      the ceiling a server could approach.
-Load: for each concurrency C and batch B, C threads (each with its own tritonclient.grpc client) send
-requests of B rows (golden.npz rows, tiled) back to back: a warm-up, then a fixed measured window.
-Reported per cell: requests/s, rows/s, p50 and p99 latency; then ours / kserve and ours / in-process.
-Every system first answers the golden inputs and must match the golden outputs (atol 1e-5), else the
-run aborts. Client and servers share this machine's cores; all traffic stays on 127.0.0.1.
+Prints markdown for docs/benchmarks.md. In one run the same closed-loop load is put on five systems, one
+after the other (never two at once), the systems taking turns cell by cell:
+  ours/torchscript  ml/serving/server.py --runtime torchscript (gRPC, Open Inference Protocol, dynamic batching)
+  ours/onnx         the same server with --runtime onnx: the bundle's ONNX artifact on ONNX Runtime
+  kserve            KServe's Python ModelServer (PyPI `kserve`) serving the same model.pt through a small
+                    kserve.Model subclass (kserve_model.py) over its v2 gRPC server, in its own virtualenv
+                    and process (cached under ~/.cache/mlenv/kserve-venv): kserve and tritonclient must never
+                    share a process (kserve#3099), so this script never imports kserve
+  in-process/*      the bundle's TorchScript / ONNX artifact loaded by ml/serving's runtimes and called
+                    directly from the client threads, no network: the ceiling a server of that runtime could
+                    approach
+Load (serving_loadgen.py): for each concurrency C and batch B, C threads (each with its own tritonclient.grpc
+client) send requests of B rows (golden.npz rows, tiled) back to back: a warm-up, then a measured window.
+Every system first answers the golden inputs and must match the golden outputs (atol 1e-5), else the run
+aborts. Client and servers share this machine's cores; all traffic stays on 127.0.0.1. Servers are started
+by serving_launch.py; the tables are written by serving_report.py.
 
-usage: python3 tools/bench/serving_load.py [--duration 10] [--concurrency 1,8] [--batch 1,32]
-                                           [--skip-kserve] [--bundle PATH] [--torch-threads 1]
-                                           [--device cuda] [--server-cpus 0-3 --client-cpus 4-15]
-                                           [--client-procs 4]
+usage: tools/bazel run //tools/bench:serving_load -- [--duration 10] [--concurrency 1,8,32] [--batch 1,32,256]
+           [--skip-kserve] [--bundle PATH] [--torch-threads 1] [--device cuda]
+           [--server-cpus 0-3 --client-cpus 4-15] [--client-procs 4]
 On a machine with cores to spare, --server-cpus/--client-cpus keep the load generator off the servers'
 cores (every server and the in-process calls get the same server cores), and --client-procs spreads the
 client threads over processes so that the client's own GIL does not cap what it can send.
-(run it through Bazel's environment: tools/bazel run //tools/bench:serving_load -- ...)
 """
 
 from __future__ import annotations
@@ -32,575 +33,38 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-HOST = "127.0.0.1"
-MODEL_NAME = "homefeed"
-KSERVE_SPEC = "kserve==0.21.0"  # newest on PyPI when written; installs cleanly next to torch 2.13
-KSERVE_VENV = Path.home() / ".cache" / "mlenv" / "kserve-venv"
+from tools.bench.serving_launch import KSERVE_SPEC, KSERVE_VENV, start_kserve, start_ours, stop_process
+from tools.bench.serving_loadgen import (
+    ATOL,
+    CpuWatch,
+    Fail,
+    Sample,
+    check_outputs,
+    empty_rpc_ms,
+    grpc_calls,
+    grpc_golden,
+    load_bundle,
+    pin,
+    pool,
+    request_rows,
+    run_load,
+    run_load_procs,
+)
+from tools.bench.serving_report import SYSTEMS, fmt_cpus, report
+
+RUNTIMES = ("torchscript", "onnx")
 SCRATCH = Path("/tmp/serving_bench")  # noqa: S108 - a benchmark's scratch folder, recreated per run
-ATOL = 1e-5  # golden tolerance on CPU; --atol for devices whose kernels round differently
-OIP_TYPES = {"int64": "INT64", "float32": "FP32"}
-
-# The kserve side, written to the scratch folder and run with the kserve venv's python. Stock kserve
-# ModelServer; the model is a kserve.Model whose (synchronous) predict takes the v2 InferRequest and returns
-# an InferResponse, as kserve's custom-model docs do. Two shims keep its sockets on loopback (kserve binds
-# 0.0.0.0 / [::] itself); neither touches the request path.
-KSERVE_MODEL_SOURCE = '''\
-"""Generated by tools/bench/serving_load.py: serves a TorchScript file with KServe's Python ModelServer."""
-import argparse
-import logging
-
-import grpc.aio
-import numpy as np
-import torch
-import uvicorn
-from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
-from kserve import model_server as kserve_model_server
-from kserve.errors import InvalidInput
-from kserve.protocol.grpc import server as kserve_grpc_server
-
-_aio_server = grpc.aio.server
-
-
-def _loopback_aio_server(*args, **kwargs):
-    server = _aio_server(*args, **kwargs)
-    add_port = server.add_insecure_port
-    server.add_insecure_port = lambda address: add_port(address.replace("[::]", "127.0.0.1"))
-    return server
-
-
-kserve_grpc_server.aio.server = _loopback_aio_server
-_config_init = uvicorn.Config.__init__
-
-
-def _loopback_config(self, *args, **kwargs):
-    kwargs["host"] = "127.0.0.1"
-    _config_init(self, *args, **kwargs)
-
-
-uvicorn.Config.__init__ = _loopback_config
-
-
-class TorchScriptModel(Model):
-    def __init__(self, name, path, inputs, outputs, device):
-        super().__init__(name)
-        self.path, self.input_names, self.output_names = path, inputs, outputs
-        self.device = torch.device(device)
-        self.module = None
-
-    def load(self):
-        self.module = torch.jit.load(self.path, map_location=self.device)
-        self.module.eval()
-        self.ready = True
-        return self.ready
-
-    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
-        given = {t.name: t for t in payload.inputs}
-        missing = [n for n in self.input_names if n not in given]
-        if missing:
-            raise InvalidInput(f"missing inputs {missing}")
-        tensors = [torch.from_numpy(np.array(given[n].as_numpy())).to(self.device) for n in self.input_names]
-        with torch.inference_mode():
-            out = self.module(*tensors)
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        outputs = []
-        for name, tensor in zip(self.output_names, out):
-            array = tensor.detach().cpu().numpy()
-            output = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
-            output.set_data_from_numpy(array, binary_data=True)
-            outputs.append(output)
-        return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=outputs)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(parents=[kserve_model_server.parser])
-    parser.add_argument("--model_path", required=True)
-    parser.add_argument("--inputs", required=True)
-    parser.add_argument("--outputs", required=True)
-    parser.add_argument("--torch_threads", type=int, required=True)
-    parser.add_argument("--device", default="cpu")
-    args, _ = parser.parse_known_args()
-    torch.set_num_threads(args.torch_threads)
-    model = TorchScriptModel(args.model_name, args.model_path, args.inputs.split(","), args.outputs.split(","),
-                             args.device)
-    model.load()
-    server = ModelServer(grpc_port=args.grpc_port, http_port=args.http_port, max_threads=args.max_threads,
-                         enable_grpc=True, enable_latency_logging=False)
-    # kserve logs every gRPC call at INFO (its LoggingInterceptor): keep only warnings, its fastest setting.
-    logging.getLogger("kserve").setLevel(logging.WARNING)
-    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
-    print(f"torch threads {torch.get_num_threads()}, gRPC on 127.0.0.1:{args.grpc_port}", flush=True)
-    server.start([model])
-'''
-
-
-@dataclass
-class Cell:
-    """One system under one load, pooled over the rounds."""
-    system: str
-    batch: int
-    concurrency: int
-    requests: int
-    errors: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-
-    @property
-    def req_s(self) -> float:
-        return self.requests / self.seconds
-
-    @property
-    def rows_s(self) -> float:
-        return self.requests * self.batch / self.seconds
-
-
-@dataclass
-class Sample:
-    latencies: np.ndarray  # seconds, requests completed inside the measured window
-    errors: int
-    seconds: float
-
-
-def pool(system: str, batch: int, concurrency: int, samples: list[Sample]) -> Cell:
-    lat = np.concatenate([s.latencies for s in samples])
-    p50, p99 = np.percentile(lat, [50, 99]) * 1e3
-    return Cell(system, batch, concurrency, int(lat.size), sum(s.errors for s in samples),
-                sum(s.seconds for s in samples), float(p50), float(p99))
-
-
-class Fail(Exception):
-    """A system could not be measured; the message says why."""
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-
-def load_bundle(path: Path) -> tuple[dict, list[dict], list[dict], dict[str, np.ndarray]]:
-    manifest = json.loads((path / "bundle.json").read_text())
-    sig = manifest["signature"]
-    with np.load(path / manifest["golden"]["file"], allow_pickle=False) as data:
-        golden = {k: data[k] for k in data.files}
-    return manifest, sig["inputs"], sig["outputs"], golden
-
-
-def request_rows(specs: list[dict], golden: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
-    """B request rows per input, in signature order: the golden rows, tiled."""
-    have = len(golden["input." + specs[0]["name"]])
-    take = np.arange(rows) % have
-    return [np.ascontiguousarray(golden["input." + s["name"]][take]) for s in specs]
-
-
-def check_outputs(system: str, got: list[np.ndarray], golden: dict[str, np.ndarray], outs: list[dict],
-                  atol: float = ATOL) -> float:
-    worst = 0.0
-    for spec, array in zip(outs, got, strict=True):
-        want = golden["output." + spec["name"]]
-        if array is None or array.shape != want.shape:
-            raise SystemExit(f"serving_load: {system}: output {spec['name']} has shape "
-                             f"{None if array is None else array.shape}, golden {want.shape}: aborting")
-        diff = float(np.max(np.abs(array.astype(np.float64) - want.astype(np.float64))))
-        worst = max(worst, diff)
-        if not diff <= atol:
-            raise SystemExit(f"serving_load: {system}: output {spec['name']} differs from the golden output by "
-                             f"{diff:.3g} (> {atol}): aborting, the numbers would not be comparable")
-    return worst
-
-
-# ------------------------------------------------------------------------------------------------- load
-
-def run_load(system: str, make_call: Callable[[int], Callable[[], None]], batch: int, concurrency: int,
-             warmup: float, duration: float) -> Sample:
-    """Closed loop: `concurrency` threads, each calling its own call() back to back."""
-    calls = [make_call(i) for i in range(concurrency)]
-    stop = threading.Event()
-    records: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    first_error: list[str] = []
-
-    def worker(i: int) -> None:
-        call, out = calls[i], records[i]
-        clock = time.perf_counter
-        while not stop.is_set():
-            start = clock()
-            try:
-                call()
-            except Exception as exc:  # noqa: BLE001 - counted and reported, the cell goes on
-                errors[i] += 1
-                if not first_error:
-                    first_error.append(f"{type(exc).__name__}: {exc}")
-                time.sleep(0.01)
-                continue
-            end = clock()
-            out.append((end, end - start))
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(warmup)
-    t0 = time.perf_counter()
-    time.sleep(duration)
-    t1 = time.perf_counter()
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-    for call in calls:
-        if hasattr(call, "close"):
-            call.close()
-    lat = np.array([d for rec in records for (end, d) in rec if t0 <= end <= t1])
-    if lat.size == 0:
-        raise Fail(f"{system}: no request completed in {duration:.0f} s"
-                   + (f" (first error: {first_error[0]})" if first_error else ""))
-    if first_error:
-        print(f"serving_load: {system} B={batch} C={concurrency}: {sum(errors)} failed requests, first: "
-              f"{first_error[0]}", file=sys.stderr)
-    return Sample(lat, sum(errors), t1 - t0)
-
-
-def _pin(cpus: list[int] | None) -> None:
-    """Pins the calling thread (and the threads and processes it starts later) to `cpus`."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-
-
-def _client_task(port: int, specs: list[dict], outs: list[dict], golden: dict[str, np.ndarray], batch: int,
-                 threads: int, warmup: float, duration: float) -> tuple[list[float], int, float]:
-    """One client process's share of a cell (runs in a --client-procs worker)."""
-    sample = run_load("client", grpc_calls(port, specs, outs, golden, batch), batch, threads, warmup, duration)
-    return sample.latencies.tolist(), sample.errors, sample.seconds
-
-
-def run_load_procs(pool_, system: str, port: int, specs, outs, golden, batch: int, concurrency: int,
-                   warmup: float, duration: float) -> Sample:
-    """run_load over the worker processes of `pool_`: the C threads are split as evenly as they go."""
-    procs = min(pool_._max_workers, concurrency)
-    shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
-    jobs = [pool_.submit(_client_task, port, specs, outs, golden, batch, n, warmup, duration) for n in shares]
-    lat, errors, seconds = [], 0, []
-    for job in jobs:
-        try:
-            got, err, secs = job.result(timeout=warmup + duration + 120)
-        except Fail as exc:
-            raise Fail(f"{system}: {exc}") from None
-        lat += got
-        errors += err
-        seconds.append(secs)
-    return Sample(np.array(lat), errors, float(np.mean(seconds)))
-
-
-def grpc_calls(port: int, specs: list[dict], outs: list[dict], golden: dict[str, np.ndarray], batch: int):
-    import tritonclient.grpc as tc
-
-    arrays = request_rows(specs, golden, batch)
-
-    def make_call(_: int) -> Callable[[], None]:
-        client = tc.InferenceServerClient(f"{HOST}:{port}")
-        inputs = []
-        for spec, array in zip(specs, arrays, strict=True):
-            tensor = tc.InferInput(spec["name"], list(array.shape), OIP_TYPES[spec["dtype"]])
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        first = outs[0]["name"]
-
-        def call() -> None:
-            result = client.infer(MODEL_NAME, inputs, client_timeout=60)
-            if result.as_numpy(first).shape[0] != batch:
-                raise RuntimeError(f"{first}: wrong number of rows")
-
-        call.close = client.close
-        return call
-
-    return make_call
-
-
-def empty_rpc_ms(port: int, calls: int = 2000) -> float:
-    """Median round trip of an empty RPC (ServerLive) from one tritonclient: what any gRPC server costs a
-    request before it does any work."""
-    import tritonclient.grpc as tc
-
-    client = tc.InferenceServerClient(f"{HOST}:{port}")
-    try:
-        for _ in range(200):
-            client.is_server_live()
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            client.is_server_live()
-            times.append(time.perf_counter() - start)
-    finally:
-        client.close()
-    return float(np.median(times)) * 1e3
-
-
-def grpc_golden(port: int, specs: list[dict], outs: list[dict], golden: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import tritonclient.grpc as tc
-
-    client = tc.InferenceServerClient(f"{HOST}:{port}")
-    inputs = []
-    for spec in specs:
-        array = golden["input." + spec["name"]]
-        tensor = tc.InferInput(spec["name"], list(array.shape), OIP_TYPES[spec["dtype"]])
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    result = client.infer(MODEL_NAME, inputs, client_timeout=60)
-    client.close()
-    return [result.as_numpy(o["name"]) for o in outs]
-
-
-class CpuWatch:
-    """CPU time the rest of the machine used while we measured: /proc/stat busy time minus our processes'."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = [os.getpid(), *pids]
-        self.start = self._read()
-
-    def _read(self) -> tuple[float, float, float] | None:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-            ticks = [int(x) for x in fields]
-            busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
-            ours = 0
-            for pid in self.pids:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                ours += sum(int(x) for x in stat.rsplit(")", 1)[1].split()[11:13])  # utime, stime
-            return time.monotonic(), busy, ours
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def others_cores(self) -> float | None:
-        end = self._read()
-        if self.start is None or end is None:
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        return max(0.0, ((end[1] - self.start[1]) - (end[2] - self.start[2])) / hz / (end[0] - self.start[0]))
-
-
-# ---------------------------------------------------------------------------------------------- servers
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def stop_process(proc: subprocess.Popen | None, grace: float = 20.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def wait_ready(proc: subprocess.Popen, log: Path, port: int, what: str, timeout: float) -> None:
-    import tritonclient.grpc as tc
-
-    deadline = time.monotonic() + timeout
-    client = tc.InferenceServerClient(f"{HOST}:{port}")
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise Fail(f"{what} exited with code {proc.returncode} before it was ready; its log ends:\n"
-                           + log_tail(log))
-            try:
-                if client.is_server_ready(client_timeout=2) and client.is_model_ready(MODEL_NAME, client_timeout=2):
-                    return
-            except Exception:  # noqa: BLE001, S110 - not listening yet
-                pass
-            time.sleep(0.25)
-    finally:
-        client.close()
-    raise Fail(f"{what} was not ready after {timeout:.0f} s; its log ends:\n" + log_tail(log))
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return env
-
-
-def start_ours(args, workdir: Path) -> tuple[subprocess.Popen, int, Path]:
-    log = workdir / "ours.log"
-    env = thread_env(args.torch_threads)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    cmd = [sys.executable, *(["-S"] if sys.flags.no_site else []), "-m", "ml.serving.server", "--bundle",
-           str(args.bundle), "--host", HOST, "--port", "0", "--metrics-port", "-1", "--workers",
-           str(args.server_threads), "--drain-seconds", "2", "--instances", str(args.instances), "--torch-threads",
-           str(args.torch_threads), "--device", args.device]
-    if args.atol != ATOL:
-        cmd += ["--golden-atol", str(args.atol)]
-    if args.max_queue_delay_us is not None:
-        cmd += ["--max-queue-delay-us", str(args.max_queue_delay_us)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=lambda: _pin(args.server_cpus))
-    deadline = time.monotonic() + args.start_timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            match = re.search(rf"serving .* on {re.escape(HOST)}:(\d+)", log.read_text(errors="replace"))
-            if match:
-                port = int(match.group(1))
-                wait_ready(proc, log, port, "our server", max(1.0, deadline - time.monotonic()))
-                return proc, port, log
-            time.sleep(0.1)
-        raise Fail(f"our server did not start (exit code {proc.poll()}); its log ends:\n{log_tail(log)}")
-    except BaseException:
-        stop_process(proc, grace=5)
-        raise
-
-
-def ensure_kserve_venv(venv: Path, spec: str, torch_spec: str) -> tuple[Path, str]:
-    """Creates (once) the kserve virtualenv; returns its python and the installed kserve version."""
-    python = venv / "bin" / "python"
-    marker = venv / ".mlenv-bench"
-    want = f"{spec} {torch_spec}"
-    if python.exists() and marker.exists() and marker.read_text().splitlines()[0] == want:
-        return python, marker.read_text().splitlines()[1]
-    print(f"serving_load: setting up {venv} ({want}); done once, then cached", file=sys.stderr, flush=True)
-    errors = []
-    for base in dict.fromkeys([sys.executable, shutil.which("python3") or sys.executable]):
-        proc = subprocess.run([base, "-m", "venv", str(venv)], capture_output=True, text=True)
-        if proc.returncode == 0 and python.exists():
-            break
-        errors.append(f"{base} -m venv: {proc.stderr.strip()[-400:]}")
-    else:
-        raise Fail("could not create a virtualenv for kserve: " + "; ".join(errors))
-    proc = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", spec, torch_spec],
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise Fail(f"`pip install {spec} {torch_spec}` failed in {venv}:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
-    proc = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('kserve'))"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise Fail(f"kserve installed but its version cannot be read: {proc.stderr[-800:]}")
-    version = proc.stdout.strip()
-    marker.write_text(f"{want}\n{version}\n")
-    return python, version
-
-
-def start_kserve(args, workdir: Path, specs: list[dict], outs: list[dict]) -> tuple[subprocess.Popen, int, Path]:
-    python, _ = ensure_kserve_venv(args.kserve_venv, args.kserve_spec, args.kserve_torch)
-    launcher = workdir / "kserve_homefeed.py"
-    launcher.write_text(KSERVE_MODEL_SOURCE)
-    log = workdir / "kserve.log"
-    grpc_port, http_port = free_port(), free_port()
-    while http_port == grpc_port:
-        http_port = free_port()
-    env = thread_env(args.kserve_torch_threads)
-    env.pop("PYTHONPATH", None)  # the venv's own packages only: nothing of ours, no tritonclient
-    env["PYTHONNOUSERSITE"] = "1"
-    cmd = [str(python), str(launcher), "--model_name", MODEL_NAME,
-           "--model_path", str(args.bundle / "model" / "model.pt"),
-           "--inputs", ",".join(s["name"] for s in specs), "--outputs", ",".join(o["name"] for o in outs),
-           "--torch_threads", str(args.kserve_torch_threads), "--grpc_port", str(grpc_port), "--http_port", str(http_port),
-           "--max_threads", str(args.server_threads), "--enable_latency_logging", "false", "--device", args.device]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=workdir, preexec_fn=lambda: _pin(args.server_cpus))
-    try:
-        wait_ready(proc, log, grpc_port, "kserve's model server", args.start_timeout)
-    except BaseException:
-        stop_process(proc, grace=5)
-        raise
-    return proc, grpc_port, log
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-def fmt(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
-
-
-def report(cells: list[Cell], args, notes: dict[str, str]) -> str:
-    names = {"ours": "(a) ours: ml/serving/server.py", "kserve": f"(b) kserve {notes.get('kserve_version', '')}".rstrip(),
-             "in-process": "(c) in-process TorchScript"}
-    by = {(c.system, c.batch, c.concurrency): c for c in cells}
-    lines = []
-    for batch in args.batch:
-        lines += [f"**B = {batch} row{'s' if batch > 1 else ''} per request**", "",
-                  "| system | concurrency | req/s | rows/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|"]
-        for system in ("ours", "kserve", "in-process"):
-            for conc in args.concurrency:
-                c = by.get((system, batch, conc))
-                if c is None:
-                    if system == "kserve":
-                        lines.append(f"| {names[system]} | {conc} | not measured | | | |")
-                    continue
-                err = f" ({c.errors} errors)" if c.errors else ""
-                lines.append(f"| {names[system]} | {conc} | {fmt(c.req_s)}{err} | {fmt(c.rows_s)} | "
-                             f"{c.p50_ms:.2f} | {c.p99_ms:.2f} |")
-        lines.append("")
-    lines += ["**Ratios** (goals: ours ÷ kserve throughput ≥ 2× at equal or better p99; ours ÷ in-process ≥ 50%)", "",
-              "| B | concurrency | ours ÷ kserve (req/s) | p99 ours / kserve ms | ours ÷ in-process (req/s) |",
-              "|---:|---:|---:|---:|---:|"]
-    for batch in args.batch:
-        for conc in args.concurrency:
-            a, b, c = (by.get((s, batch, conc)) for s in ("ours", "kserve", "in-process"))
-            if a is None:
-                continue
-            if b is not None:
-                vs_k = f"{a.req_s / b.req_s:.2f}× {'✓' if a.req_s >= 2 * b.req_s and a.p99_ms <= b.p99_ms else '✗'}"
-                p99 = f"{a.p99_ms:.2f} / {b.p99_ms:.2f}"
-            else:
-                vs_k, p99 = "n/a", f"{a.p99_ms:.2f} / n/a"
-            vs_c = f"{100 * a.req_s / c.req_s:.0f}% {'✓' if a.req_s >= 0.5 * c.req_s else '✗'}" if c else "n/a"
-            lines.append(f"| {batch} | {conc} | {vs_k} | {p99} | {vs_c} |")
-    lines.append("")
-    floor = float(notes.get("rpc_floor_ms", "nan"))
-    if 1 in args.concurrency and floor == floor:
-        lines += [f"**The C = 1 ceiling.** One client thread sends one request at a time, so nothing can be "
-                  f"batched and req/s = 1 / latency. An empty tritonclient round trip (ServerLive) to our server "
-                  f"took {floor:.3f} ms (median); no gRPC server can answer faster than that round trip plus the "
-                  f"model call itself (the in-process p50):", "",
-                  "| B | empty RPC + model ms | ceiling req/s | kserve req/s | 2× kserve needs | ours req/s |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        for batch in args.batch:
-            a, b, c = (by.get((s, batch, 1)) for s in ("ours", "kserve", "in-process"))
-            if c is None or a is None:
-                continue
-            limit = floor + c.p50_ms
-            need = f"{2 * b.req_s:,.0f} req/s{' (above the ceiling)' if 2 * b.req_s > 1e3 / limit else ''}" if b else "n/a"
-            lines.append(f"| {batch} | {limit:.3f} | {1e3 / limit:,.0f} | {fmt(b.req_s) if b else 'n/a'} | {need} | "
-                         f"{fmt(a.req_s)} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def fmt_cpus(cpus: list[int] | None) -> str:
-    return "all" if not cpus else ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in _runs(cpus))
-
-
-def _runs(cpus: list[int]) -> list[tuple[int, int]]:
-    runs: list[list[int]] = []
-    for c in cpus:
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return [(a, b) for a, b in runs]
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -634,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each cell")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every cell this many times (pooled)")
-    parser.add_argument("--concurrency", type=parse_list, default=[1, 8], help="client threads, e.g. 1,8")
-    parser.add_argument("--batch", type=parse_list, default=[1, 32], help="rows per request, e.g. 1,32")
+    parser.add_argument("--concurrency", type=parse_list, default=[1, 8, 32], help="client threads, e.g. 1,8,32")
+    parser.add_argument("--batch", type=parse_list, default=[1, 32, 256], help="rows per request, e.g. 1,32,256")
     parser.add_argument("--bundle", type=Path, default=None,
                         help="homefeed bundle (default: $BUILD_WORKSPACE_DIRECTORY or the repo, /bazel-bin/ml/homefeed/bundle)")
-    parser.add_argument("--skip-kserve", action="store_true", help="measure (a) and (c) only")
+    parser.add_argument("--skip-kserve", action="store_true", help="measure ours and in-process only")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads for every system (servers and in-process); default 1")
     parser.add_argument("--server-threads", type=int, default=16,
@@ -680,39 +144,49 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from ml.serving import bundle as bundles
+
     args.bundle = (args.bundle or default_bundle()).resolve()
     if not (args.bundle / "bundle.json").is_file():
         parser.error(f"no bundle at {args.bundle}: build it (tools/bazel build //ml/homefeed:bundle) or pass --bundle")
     args.kserve_torch = args.kserve_torch or f"torch=={torch.__version__.split('+')[0]}"
-    manifest, specs, outs, golden = load_bundle(args.bundle)
-    if manifest.get("artifact_format", "torchscript") != "torchscript":
-        parser.error("this benchmark serves the TorchScript artifact; the bundle has " + manifest["artifact_format"])
+    try:
+        verified, specs, outs, golden = load_bundle(args.bundle)
+    except bundles.BundleError as exc:
+        parser.error(str(exc))
+    manifest = verified.manifest
+    missing = [r for r in RUNTIMES if r not in manifest.get("artifacts", {manifest.get("artifact_format"): 0})]
+    if missing:
+        parser.error(f"the bundle has no {', '.join(missing)} artifact: rebuild it with formats "
+                     f"{list(RUNTIMES)} (the engine exports both)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))
-    torch.set_num_threads(args.torch_threads)
     notes: dict[str, str] = {}
     serving = manifest.get("serving", {})
     delay = args.max_queue_delay_us if args.max_queue_delay_us is not None else serving.get("max_queue_delay_us", 2000)
-    plan = (f"{args.rounds} round(s) x {len(args.batch) * len(args.concurrency)} cells x up to 3 systems x "
-            f"({args.warmup:g} s warm-up + {args.duration:g} s)")
+    plan = (f"{args.rounds} round(s) x {len(args.batch) * len(args.concurrency)} cells x up to {len(SYSTEMS)} systems "
+            f"x ({args.warmup:g} s warm-up + {args.duration:g} s)")
     print(f"serving_load: {plan}; scratch {workdir}", file=sys.stderr, flush=True)
 
     procs: list[subprocess.Popen] = []
     systems: dict[str, Callable[[int], Callable[[int], Callable[[], None]]]] = {}
+    ports: dict[str, int] = {}
     try:
-        # (a) ours
-        try:
-            proc, port, _ = start_ours(args, workdir)
-        except Fail as exc:
-            raise SystemExit(f"serving_load: {exc}") from None
-        procs.append(proc)
-        notes["ours_golden"] = f"{check_outputs('ours', grpc_golden(port, specs, outs, golden), golden, outs, args.atol):.1e}"
-        systems["ours"] = lambda b, port=port: grpc_calls(port, specs, outs, golden, b)
-        ports = {"ours": port}
-        _pin(args.client_cpus)
-        notes["rpc_floor_ms"] = f"{empty_rpc_ms(port):.3f}"
+        # ours, one server process per runtime
+        for runtime in RUNTIMES:
+            try:
+                proc, port, _ = start_ours(args, workdir, runtime)
+            except Fail as exc:
+                raise SystemExit(f"serving_load: {exc}") from None
+            procs.append(proc)
+            got = grpc_golden(port, specs, outs, golden)
+            notes[f"ours/{runtime}_golden"] = f"{check_outputs(f'ours/{runtime}', got, golden, outs, args.atol):.1e}"
+            systems[f"ours/{runtime}"] = lambda b, port=port: grpc_calls(port, specs, outs, golden, b)
+            ports[f"ours/{runtime}"] = port
+        pin(args.client_cpus)
+        notes["rpc_floor_ms"] = f"{empty_rpc_ms(ports['ours/torchscript']):.3f}"
 
-        # (b) kserve, in its own venv and process
+        # kserve, in its own venv and process
         if args.skip_kserve:
             notes["kserve_skipped"] = "--skip-kserve was given"
         else:
@@ -728,38 +202,31 @@ def main(argv: list[str] | None = None) -> int:
                 notes["kserve_skipped"] = str(exc)
                 print(f"serving_load: kserve not measured: {exc}", file=sys.stderr, flush=True)
 
-        # (c) in-process
-        device = torch.device(args.device)
-        module = torch.jit.load(str(args.bundle / manifest["artifact"]), map_location=device)
-        module.eval()
-        with torch.inference_mode():
-            got = module(*(torch.from_numpy(golden["input." + s["name"]]).to(device) for s in specs))
-        got = got if isinstance(got, (tuple, list)) else (got,)
-        notes["inproc_golden"] = f"{check_outputs('in-process', [t.cpu().numpy() for t in got], golden, outs, args.atol):.1e}"
+        # in-process: the bundle's artifacts through ml/serving's runtimes, as the server loads them
+        for runtime in RUNTIMES:
+            model = bundles.load_model(verified, args.device, threads=args.torch_threads, fmt=runtime)
+            got = model.run([golden["input." + s["name"]] for s in specs])
+            notes[f"in-process/{runtime}_golden"] = f"{check_outputs(f'in-process/{runtime}', got, golden, outs, args.atol):.1e}"
 
-        def inproc_calls(batch: int):
-            arrays = request_rows(specs, golden, batch)
+            def inproc_calls(batch: int, model=model):
+                arrays = request_rows(specs, golden, batch)
 
-            def make_call(_: int) -> Callable[[], None]:
-                def call() -> None:
-                    with torch.inference_mode():
-                        out = module(*(torch.from_numpy(a).to(device) for a in arrays))
-                    [t.cpu().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+                def make_call(_: int) -> Callable[[], None]:
+                    return lambda: model.run(arrays)
 
-                return call
+                return make_call
 
-            return make_call
-
-        systems["in-process"] = inproc_calls
+            systems[f"in-process/{runtime}"] = inproc_calls
+        systems = {name: systems[name] for name in SYSTEMS if name in systems}  # the report's order
 
         # The systems take turns cell by cell (idle servers wait), so drift on the machine hits all of them.
-        _pin(args.client_cpus)
+        pin(args.client_cpus)
         if args.client_procs > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             client_pool = ProcessPoolExecutor(args.client_procs, mp_context=multiprocessing.get_context("spawn"),
-                                              initializer=_pin, initargs=(args.client_cpus,))
+                                              initializer=pin, initargs=(args.client_cpus,))
             list(client_pool.map(abs, range(args.client_procs)))  # start them now, not inside a measured cell
             procs_to_watch = [p.pid for p in procs] + list(client_pool._processes)
         else:
@@ -776,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
                                                         batch, conc, args.warmup, args.duration)
                             else:
                                 # In-process calls run on the servers' cores; gRPC clients on the client's.
-                                _pin(args.server_cpus if system == "in-process" else args.client_cpus)
+                                pin(args.server_cpus if system.startswith("in-process") else args.client_cpus)
                                 sample = run_load(system, make_calls(batch), batch, conc, args.warmup, args.duration)
                         except Fail as exc:
                             raise SystemExit(f"serving_load: {exc}") from None
                         samples.setdefault((system, batch, conc), []).append(sample)
                         n = sample.latencies.size
                         p50, p99 = np.percentile(sample.latencies, [50, 99]) * 1e3
-                        print(f"  round {round_ + 1}  {system:<10}  B={batch:<3} C={conc:<2} {n / sample.seconds:8.1f} "
+                        print(f"  round {round_ + 1}  {system:<22}  B={batch:<3} C={conc:<2} {n / sample.seconds:8.1f} "
                               f"req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms", file=sys.stderr, flush=True)
         others = watch.others_cores()
     finally:
@@ -822,23 +289,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- torch {torch.__version__}: torch.set_num_threads({args.torch_threads}) in every system{kserve_threads} "
           f"(servers via OMP_NUM_THREADS/MKL_NUM_THREADS); gRPC handler threads "
           f"{args.server_threads} (ours --workers, kserve --max_threads)")
-    print(f"- (a) ours: dynamic batching, max_batch_size {serving.get('max_batch_size')}, max_queue_delay_us {delay} "
-          f"(an upper bound: idle instances take what is queued at once), {args.instances} model instance(s); "
-          f"golden check max |diff| {notes['ours_golden']}")
+    print(f"- ours: ml/serving/server.py, one process per runtime, dynamic batching, max_batch_size "
+          f"{serving.get('max_batch_size')}, max_queue_delay_us {delay} (an upper bound: idle instances take what is "
+          f"queued at once), {args.instances} model instance(s) x {args.torch_threads} intra-op thread(s); "
+          f"TorchScript: torch.jit, golden max |diff| {notes['ours/torchscript_golden']}; ONNX Runtime "
+          f"{metadata.version('onnxruntime')} (CPU execution provider, one InferenceSession per instance): golden "
+          f"max |diff| {notes['ours/onnx_golden']}")
     if "kserve_version" in notes:
-        print(f"- (b) kserve {notes['kserve_version']} in its own venv ({args.kserve_venv}: {args.kserve_spec}, "
+        print(f"- KServe {notes['kserve_version']} in its own venv ({args.kserve_venv}: {args.kserve_spec}, "
               f"{args.kserve_torch}) and process: stock kserve.ModelServer with its v2 gRPC server on "
-              f"(`--grpc_port <free port> --max_threads {args.server_threads} --enable_latency_logging false`, "
-              f"gRPC on by default), one kserve.Model subclass whose synchronous predict(InferRequest) -> "
-              f"InferResponse runs the TorchScript (numpy in, raw bytes out); no batching (kserve's Python "
-              f"server has none); kserve's per-call INFO logging muted; "
-              f"golden check max |diff| {notes['kserve_golden']}")
+              f"(`--grpc_port <free port> --max_threads {args.server_threads} --enable_latency_logging false`), "
+              f"tools/bench/kserve_model.py: a kserve.Model whose synchronous predict(InferRequest) -> InferResponse "
+              f"runs the bundle's TorchScript (numpy in, raw bytes out); no batching (kserve's Python server has "
+              f"none); its per-call INFO logging muted; golden max |diff| {notes['kserve_golden']}")
     else:
-        print(f"- (b) kserve: NOT MEASURED: {notes.get('kserve_skipped')}")
-    print(f"- (c) in-process: torch.jit.load + torch.inference_mode, same batch tensors, no network; "
-          f"golden check max |diff| {notes['inproc_golden']}")
+        print(f"- KServe: NOT MEASURED: {notes.get('kserve_skipped')}")
+    print(f"- in-process: the bundle's artifacts loaded by ml/serving's runtimes (torch.jit + inference_mode; an "
+          f"ONNX Runtime session with {args.torch_threads} intra-op thread(s), shared by the client threads), same "
+          f"arrays, no network; golden max |diff| TorchScript {notes['in-process/torchscript_golden']}, ONNX Runtime "
+          f"{notes['in-process/onnx_golden']}")
     print()
-    print(report(cells, args, notes))
+    print(report(cells, args.batch, args.concurrency, notes))
     if args.json:
         args.json.write_text(json.dumps({"cells": [asdict(c) | {"req_s": c.req_s, "rows_s": c.rows_s} for c in cells],
                                          "notes": notes, "torch_threads": args.torch_threads}, indent=2))

@@ -289,7 +289,7 @@ class TorchRun:
                 return None
             plain = self.unwrap(model)
         result = export_model(plain, inputs, input_names=input_names, output_names=output_names,
-                              folder=self.run.export_dir, fmt=fmt)
+                              folder=self.run.export_dir, fmt=fmt, onnx=getattr(self.config, "export_onnx", True))
         self.run.register_export(result.folder)
         return result
 

@@ -70,6 +70,12 @@ def _bundle_impl(ctx):
     args.add("--status-file", ctx.version_file.path)
     args.add("--max-batch-size", str(ctx.attr.max_batch_size))
     args.add("--max-queue-delay-us", str(ctx.attr.max_queue_delay_us))
+    if ctx.attr.formats:
+        args.add("--formats", ",".join(ctx.attr.formats))
+    if ctx.attr.default_format:
+        if ctx.attr.formats and ctx.attr.default_format not in ctx.attr.formats:
+            fail("ml_model_bundle(%s): default_format %r is not in formats %r" % (ctx.label, ctx.attr.default_format, ctx.attr.formats))
+        args.add("--default-format", ctx.attr.default_format)
     ctx.actions.run(
         executable = ctx.executable._make_bundle,
         arguments = [args],
@@ -87,7 +93,9 @@ def _bundle_impl(ctx):
 model_bundle = rule(
     implementation = _bundle_impl,
     attrs = {
+        "default_format": attr.string(doc = "the artifact servers run unless their --runtime says otherwise (default: the export's main format)"),
         "export": attr.label(allow_single_file = True, doc = "an export folder (ml_trained_model or any engine export)"),
+        "formats": attr.string_list(doc = "artifact formats to carry, e.g. [\"torchscript\", \"onnx\"] (default: all the export wrote or tried)"),
         "max_batch_size": attr.int(default = 256),
         "max_queue_delay_us": attr.int(default = 2000),
         "mlflow_run": attr.string(doc = "MLflow run id whose `export` artifacts are bundled"),
@@ -110,6 +118,8 @@ def ml_model_bundle(
         mlflow_tracking_uri = "",
         max_batch_size = 256,
         max_queue_delay_us = 2000,
+        formats = [],
+        default_format = "",
         **kwargs):
     """A deployable bundle; also `<name>.check` (bazel run) that verifies it. See docs/rules.md."""
     model_bundle(
@@ -122,6 +132,8 @@ def ml_model_bundle(
         mlflow_tracking_uri = mlflow_tracking_uri,
         max_batch_size = max_batch_size,
         max_queue_delay_us = max_queue_delay_us,
+        formats = formats,
+        default_format = default_format,
         **kwargs
     )
     native.py_binary(

@@ -1,0 +1,109 @@
+"""The server on a bundle's ONNX artifact (--runtime onnx): ONNX Runtime behind the same protocol, batcher and
+load-time checks as TorchScript, over the real tritonclient.grpc client on loopback."""
+
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import model_config_pb2
+
+from ml.serving import server
+from ml.serving.testing import expected, inputs_for, make_bundle, rows
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("repo"), onnx=True, max_queue_delay_us=50_000)
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_the_onnx_artifact_serves_batches_with_onnx_runtime(onnx_bundle, instances):
+    srv = server.start(bundles_to_load=[onnx_bundle], port=0, metrics_port=0, artifact_format="onnx",
+                       instances=instances, threads=1)
+    try:
+        loaded = srv.repository.get("tiny")
+        assert type(loaded.runtime).__name__ == "OnnxModel"
+        assert type(loaded.module).__name__ == "InferenceSession"
+        with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as client:
+            assert client.get_model_metadata("tiny").platform == "onnxruntime_onnx"
+            config = client.get_model_config("tiny").config
+            assert config.platform == "onnxruntime_onnx"
+            [group] = config.instance_group
+            assert (group.kind, group.count) == (model_config_pb2.ModelInstanceGroup.KIND_CPU, instances)
+
+        def one(i):
+            ids, dense = rows(1 + i % 5, seed=i)
+            with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as client:
+                got = client.infer("tiny", inputs_for(ids, dense))
+            return (ids, dense), (got.as_numpy("score"), got.as_numpy("prob"))
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(48)))
+        for (ids, dense), (score, prob) in results:
+            want_score, want_prob = expected(ids, dense)
+            np.testing.assert_allclose(score, want_score, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(prob, want_prob, rtol=0, atol=1e-5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics").read().decode()
+        batches = float(next(line.split()[-1] for line in text.splitlines()
+                             if line.startswith('mlenv_batch_size_rows_count{model="tiny/1"}')))
+        assert batches < 48, f"48 requests ran as {batches:.0f} batches: nothing was batched"
+    finally:
+        srv.stop(1)
+    assert loaded.batcher.alive_instances() == 0
+
+
+SERVE_AND_REPORT = """
+import sys
+from ml.serving import server
+srv = server.start(bundles_to_load=[sys.argv[1]], port=0, metrics_port=None, artifact_format=sys.argv[2])
+print(sorted(m for m in ("torch", "onnxruntime") if m in sys.modules))
+srv.stop(1)
+"""
+
+
+@pytest.mark.parametrize("runtime,imported", [("onnx", ["onnxruntime"]), ("torchscript", ["torch"])])
+def test_a_server_imports_only_the_runtime_it_serves(onnx_bundle, runtime, imported):
+    proc = subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), "-c", SERVE_AND_REPORT,
+                           str(onnx_bundle), runtime], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == str(imported), proc.stderr
+
+
+def _serve_cli(*args):
+    return subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), "-m", "ml.serving.server",
+                           "--port", "0", "--metrics-port", "-1", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_refuses_an_artifact_the_bundle_lacks_or_a_device_onnx_runtime_cannot_use(onnx_bundle, tmp_path):
+    plain = make_bundle(tmp_path / "repo")  # TorchScript only
+    proc = _serve_cli("--bundle", str(plain), "--runtime", "onnx")
+    assert proc.returncode == 1 and "no onnx artifact in this bundle (it carries torchscript)" in proc.stderr, proc.stderr
+    proc = _serve_cli("--bundle", str(onnx_bundle), "--runtime", "tensorrt")
+    assert proc.returncode == 2 and "invalid choice: 'tensorrt'" in proc.stderr, proc.stderr
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        proc = _serve_cli("--bundle", str(onnx_bundle), "--runtime", "onnx", "--device", "cuda")
+        assert proc.returncode == 1 and "has no CUDAExecutionProvider" in proc.stderr, proc.stderr
+
+
+def test_the_chosen_artifact_is_replayed_against_the_golden_outputs_on_load(onnx_bundle, tmp_path):
+    import json
+    import shutil
+
+    from ml.serving import bundle
+
+    broken = shutil.copytree(onnx_bundle, tmp_path / "broken")
+    golden = broken / "model/golden.npz"
+    with np.load(golden) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["output.prob"] = arrays["output.prob"] + 0.5
+    np.savez(golden, **arrays)
+    manifest = json.loads((broken / "bundle.json").read_text())
+    manifest["files"]["model/golden.npz"] = bundle._sha256(golden)
+    (broken / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(bundle.BundleError, match="output prob differs from the golden outputs by 0.5"):
+        server.start(bundles_to_load=[broken], port=0, metrics_port=None, artifact_format="onnx")
