@@ -3,7 +3,8 @@
 A bundle is a folder:
 
     bundle.json          the manifest (below)
-    model/model.pt       TorchScript archive (or model/model.pt2: a torch.export program)
+    model/model.pt       TorchScript archive (or model/model.pt2: a torch.export program, or
+                         model/saved_model/: a TensorFlow SavedModel folder, every file of it listed and hashed)
     model/signature.json inputs/outputs: names, dtypes, shapes (-1 = dynamic batch)
     model/golden.npz     golden inputs and the outputs the trained model gave for them
 
@@ -49,6 +50,10 @@ __all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "generate_s
            "resolve_device", "sign", "verify", "write_bundle"]
 
 FORMAT = "mlenv.bundle/1"
+# artifact_format -> (artifact name inside model/, framework); a name without a suffix is a folder artifact.
+ARTIFACTS = {"torchscript": ("model.pt", "pytorch"), "torch_export": ("model.pt2", "pytorch"),
+             "tf_saved_model": ("saved_model", "tensorflow")}
+FOLDER_FORMATS = {"tf_saved_model": "saved_model.pb"}  # folder artifact format -> the file it must hold
 MODEL_DIR = "model"
 MANIFEST = "bundle.json"
 SIGNATURE = "bundle.json.sig"  # Ed25519 signature of bundle.json's exact bytes (64 bytes, raw)
@@ -71,6 +76,16 @@ class Bundle:
             return self.blobs[rel]
         except KeyError:
             raise BundleError(f"{self.path}: {rel} was not verified; load bundles with verify() first") from None
+
+    def artifact_data(self) -> bytes | dict[str, bytes]:
+        """The verified artifact: its bytes, or for a folder artifact (a SavedModel) {path inside it: bytes}."""
+        rel = self.manifest["artifact"]
+        if rel in self.blobs:
+            return self.blobs[rel]
+        inside = {k[len(rel) + 1:]: v for k, v in self.blobs.items() if k.startswith(rel + "/")}
+        if not inside:
+            raise BundleError(f"{self.path}: the artifact {rel} was not verified; load bundles with verify() first")
+        return inside
 
     @property
     def name(self) -> str:
@@ -104,25 +119,43 @@ def export_digest(export_dir: Path) -> str:
 def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label: str, lock_digest: str,
                  git_commit: str, mlflow: dict[str, Any] | None = None, max_batch_size: int = 256,
                  max_queue_delay_us: int = 2000, golden_atol: float = 1e-5) -> Path:
-    signature = json.loads((export_dir / "signature.json").read_text())
-    artifact_name = {"torchscript": "model.pt", "torch_export": "model.pt2"}.get(signature.get("format"))
-    if artifact_name is None:
-        raise BundleError(f"{export_dir}/signature.json: unknown export format {signature.get('format')!r}")
-    for required in (artifact_name, "signature.json", "golden.npz"):
+    try:
+        signature = json.loads((export_dir / "signature.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{export_dir}/signature.json: cannot read it ({exc}); is {export_dir} an export folder "
+                          f"of an engine trainer?") from None
+    fmt = signature.get("format")
+    if fmt not in ARTIFACTS:
+        raise BundleError(f"{export_dir}/signature.json: unknown export format {fmt!r} (bundles take "
+                          f"{', '.join(sorted(ARTIFACTS))})")
+    artifact_name, framework = ARTIFACTS[fmt]
+    for required in ("signature.json", "golden.npz"):
         if not (export_dir / required).is_file():
             raise BundleError(f"{export_dir} has no {required}: is it an export folder of an engine trainer?")
+    if fmt in FOLDER_FORMATS:
+        marker = export_dir / artifact_name / FOLDER_FORMATS[fmt]
+        if not marker.is_file():
+            raise BundleError(f"{export_dir} has no {artifact_name}/{FOLDER_FORMATS[fmt]}: signature.json says "
+                              f"{fmt}, so {artifact_name}/ must be that folder; re-export the model")
+    elif not (export_dir / artifact_name).is_file():
+        raise BundleError(f"{export_dir} has no {artifact_name}: is it an export folder of an engine trainer?")
     if out.exists() or out.is_symlink():
         _check_replaceable(out)
         shutil.rmtree(out)
     (out / MODEL_DIR).mkdir(parents=True)
-    for file in (artifact_name, "signature.json", "golden.npz"):
+    for file in ("signature.json", "golden.npz"):
         shutil.copyfile(export_dir / file, out / MODEL_DIR / file)
-    files = {f"{MODEL_DIR}/{f}": _sha256(out / MODEL_DIR / f) for f in sorted((artifact_name, "signature.json", "golden.npz"))}
+    if fmt in FOLDER_FORMATS:
+        # Every file of the folder, read through links (Bazel's trees are links); empty folders are not kept.
+        shutil.copytree(export_dir / artifact_name, out / MODEL_DIR / artifact_name)
+    else:
+        shutil.copyfile(export_dir / artifact_name, out / MODEL_DIR / artifact_name)
+    files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted((out / MODEL_DIR).rglob("*")) if p.is_file()}
     manifest = {
         "format": FORMAT,
         "name": name,
         "version": version,
-        "framework": "pytorch",
+        "framework": framework,
         "artifact": f"{MODEL_DIR}/{artifact_name}",
         "artifact_format": signature["format"],
         "signature": {"inputs": signature["inputs"], "outputs": signature["outputs"]},
@@ -207,7 +240,18 @@ def verify(path: Path, public_key: Any = None) -> Bundle:
     for rel in listed:
         _inside(manifest_path, "a key of 'files'", rel)
     golden = manifest["golden"].get("file") if isinstance(manifest["golden"], dict) else None
-    for what, rel in (("'artifact'", manifest["artifact"]), ("'golden.file'", golden)):
+    artifact = _inside(manifest_path, "'artifact'", manifest["artifact"])
+    fmt = manifest.get("artifact_format")
+    if fmt in FOLDER_FORMATS:
+        # A folder artifact: the files under it are in `files` (checked below); the one file that makes it
+        # a model of its format must be among them.
+        if f"{artifact}/{FOLDER_FORMATS[fmt]}" not in listed:
+            raise BundleError(f"{manifest_path}: 'artifact' {artifact} is a {fmt} folder but 'files' lists no "
+                              f"{artifact}/{FOLDER_FORMATS[fmt]}: rebuild the bundle")
+        if artifact in listed:
+            raise BundleError(f"{manifest_path}: 'artifact' {artifact} is a {fmt} folder, but 'files' lists it as "
+                              f"a file: rebuild the bundle")
+    for what, rel in ((("'artifact'", artifact),) if fmt not in FOLDER_FORMATS else ()) + (("'golden.file'", golden),):
         _inside(manifest_path, what, rel)
         if rel not in listed:
             raise BundleError(f"{manifest_path}: {what} {rel} is not in 'files', so nothing pins its hash: rebuild "
@@ -300,8 +344,11 @@ def load_model(bundle: Bundle, device: Any = "cpu", *, threads: int | None = Non
     if fmt not in runtimes.RUNTIMES:
         raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable (this server runs "
                           f"{', '.join(sorted(runtimes.RUNTIMES))})")
-    # the verified bytes, never the path again
-    return runtimes.load(bundle.data(bundle.manifest["artifact"]), fmt, device, threads)
+    # the verified bytes (every file of a folder artifact), never the path again
+    try:
+        return runtimes.load(bundle.artifact_data(), fmt, device, threads, signature=bundle.signature)
+    except runtimes.LoadError as exc:
+        raise BundleError(f"{bundle.path}: {exc}") from None  # the runtime's reason, with the bundle it is about
 
 
 def resolve_device(spec: Any):

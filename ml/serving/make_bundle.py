@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = args.lock_digest_file.read_text().strip() if args.lock_digest_file else "unknown"
     status = _status(args.status_file)
     commit = status.get("GIT_COMMIT") or status.get("STABLE_GIT_COMMIT", "unknown")
+    written = False
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.mlflow_run:
@@ -99,9 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             bundle.write_bundle(export, args.out, name=args.name, version=args.version, label=args.label,
                                 lock_digest=lock, git_commit=commit, mlflow=mlflow_info,
                                 max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us)
+            written = True
+            # The golden batch replayed now, through the runtime the server will use: a bundle whose artifact and
+            # bundle.json disagree (or that this environment cannot reproduce) never leaves the build.
+            bundle.check_golden(bundle.verify(args.out))
             if args.sign_key:
                 bundle.sign(args.out, args.sign_key)
     except bundle.BundleError as exc:
+        if written:
+            shutil.rmtree(args.out)  # a bundle that failed its check is not left where a bundle is expected
         print(f"ml_model_bundle: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -74,8 +74,11 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelMetadataResponse.TensorMetadata(name=t["name"], shape=t["shape"],
                                                            datatype=oip_datatype(t))
 
+        fmt = model.bundle.manifest.get("artifact_format", "torchscript")
+        # torch bundles name their archive format (pytorch_torchscript, pytorch_torch_export); others their runtime
+        platform = "pytorch_" + fmt if fmt in ("torchscript", "torch_export") else model.runtime.platform
         return pb.ModelMetadataResponse(name=model.bundle.name, versions=self.repository.versions(model.bundle.name),
-                                        platform="pytorch_" + model.bundle.manifest.get("artifact_format", "torchscript"),
+                                        platform=platform,
                                         inputs=[meta(t) for t in model.inputs], outputs=[meta(t) for t in model.outputs])
 
     def ModelConfig(self, request, context):
