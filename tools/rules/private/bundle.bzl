@@ -13,7 +13,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" HOME="$work"
 "$1" "${@:3}" --set "run_dir=$work/run" --set run_name=build > "$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
-cp "$work/run/export/"* "$2/"
+cp -R "$work/run/export/." "$2/"  # a SavedModel export holds a folder
 cp "$work/run/metrics.json" "$2/result.json"  # no run id or temp path: same weights, same bytes
 """,
         arguments = [ctx.executable.trainer.path, out.path] + ctx.attr.args_,
