@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bundle", "BundleError", "check_golden", "export_digest", "generate_signing_key", "load_model", "load_public_key",
-           "resolve_device", "sign", "verify", "write_bundle"]
+__all__ = ["Bundle", "BundleError", "check_golden", "check_replaceable", "export_digest", "generate_signing_key",
+           "load_model", "load_public_key", "resolve_device", "sign", "verify", "write_bundle"]
 
 FORMAT = "mlenv.bundle/1"
 # artifact_format -> (artifact name inside model/, framework); a name without a suffix is a folder artifact.
@@ -140,7 +140,7 @@ def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label:
     elif not (export_dir / artifact_name).is_file():
         raise BundleError(f"{export_dir} has no {artifact_name}: is it an export folder of an engine trainer?")
     if out.exists() or out.is_symlink():
-        _check_replaceable(out)
+        check_replaceable(out)
         shutil.rmtree(out)
     (out / MODEL_DIR).mkdir(parents=True)
     for file in ("signature.json", "golden.npz"):
@@ -171,7 +171,7 @@ def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label:
     return out
 
 
-def _check_replaceable(out: Path) -> None:
+def check_replaceable(out: Path) -> None:
     """write_bundle replaces `out` only if it is an empty folder or a bundle written before (its bundle.json
     and the files it lists, nothing else): a mistyped --out must never delete someone's folder."""
     if out.is_symlink() or not out.is_dir():

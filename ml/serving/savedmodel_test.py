@@ -192,3 +192,24 @@ def test_server_without_tensorflow_given_a_savedmodel_bundle_exits_saying_why(tm
     assert re.search(r"serve: error: \S+/tfmodel/1: this bundle is a TensorFlow SavedModel, but this server cannot "
                      r"import TensorFlow \(No module named 'tensorflow'\): serve it from", err), err
     assert "Traceback" not in err
+
+
+def test_bundle_time_golden_check_refuses_an_export_that_disagrees_with_its_golden_batch(tmp_path, capsys):
+    from ml.serving import make_bundle
+
+    make_tf_bundle(tmp_path)  # leaves the export folder next to the bundle
+    export = tmp_path / "export-tfmodel-1"
+    with np.load(export / "golden.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["output.scores"] = arrays["output.scores"] + 0.5
+    np.savez(export / "golden.npz", **arrays)
+    out = tmp_path / "bundle"
+    assert make_bundle.main(["--export-dir", str(export), "--out", str(out), "--name", "tfmodel", "--version", "2"]) == 1
+    assert "output scores differs from the golden outputs by 0.5" in capsys.readouterr().err
+    assert not out.exists()  # nothing half-checked left where a bundle is expected
+    before = (tmp_path / "tfmodel/1/bundle.json").read_bytes()
+    assert make_bundle.main(["--export-dir", str(export), "--out", str(tmp_path / "tfmodel/1"), "--name", "tfmodel",
+                             "--version", "1"]) == 1  # the same refusal over a good bundle: which stays as it was
+    assert (tmp_path / "tfmodel/1/bundle.json").read_bytes() == before
+    bundle.verify(tmp_path / "tfmodel/1")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder left
