@@ -110,11 +110,26 @@ def test_signature_disagreeing_with_bundle_json_is_refused(tmp_path, change, mes
     assert message in str(info.value)
 
 
+def test_same_export_gives_a_byte_identical_savedmodel_bundle(tmp_path):
+    first = make_tf_bundle(tmp_path)
+    again = bundle.write_bundle(tmp_path / "export-tfmodel-1", tmp_path / "again", name="tfmodel", version="1",
+                                label="//test:tf", lock_digest="sha256:test", git_commit="test")
+    files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again).as_posix() for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
 def test_savedmodel_and_torchscript_served_side_by_side_over_grpc(tmp_path):
     make_tf_bundle(tmp_path / "repo")
     make_bundle(tmp_path / "repo", name="tiny")
+    bad = make_tf_bundle(tmp_path / "repo", name="tfbad")
+    edit_manifest(bad, lambda m: m["signature"]["outputs"][1].update(name="score"))
     srv = server.start(repository_dir=tmp_path / "repo", port=0, metrics_port=None)
     try:
+        assert srv.repository.names() == ["tfmodel", "tiny"]
+        assert "the SavedModel's serving_default signature and bundle.json disagree: outputs are ['best', 'scores'] " \
+               "in the SavedModel but ['best', 'score'] in bundle.json" in srv.repository.failed[str(bad)]
         with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as client:
             assert client.get_model_metadata("tfmodel").platform == "tensorflow_savedmodel"
             x = rows(7)[1]
