@@ -3,7 +3,8 @@
 A bundle is a folder:
 
     bundle.json          the manifest (below)
-    model/model.pt       TorchScript archive (or model/model.pt2: a torch.export program)
+    model/model.pt       TorchScript archive (or model/model.pt2: a torch.export program, or
+                         model/saved_model/: a TensorFlow SavedModel folder, every file of it listed and hashed)
     model/model.onnx     the same model as ONNX (optional; a bundle may carry several artifacts of one model)
     model/signature.json inputs/outputs: names, dtypes, shapes (-1 = dynamic batch)
     model/golden.npz     golden inputs and the outputs the trained model gave for them
@@ -47,10 +48,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bundle", "BundleError", "artifact_for", "check_golden", "export_digest", "generate_signing_key", "load_model",
-           "load_public_key", "resolve_device", "sign", "verify", "write_bundle"]
+__all__ = ["Bundle", "BundleError", "artifact_for", "check_golden", "check_replaceable", "export_digest",
+           "generate_signing_key", "load_model", "load_public_key", "resolve_device", "sign", "verify", "write_bundle"]
 
 FORMAT = "mlenv.bundle/1"
+# artifact_format -> (artifact name inside model/, framework); a name without a suffix is a folder artifact.
+ARTIFACTS = {"torchscript": ("model.pt", "pytorch"), "torch_export": ("model.pt2", "pytorch"),
+             "tf_saved_model": ("saved_model", "tensorflow")}
+FOLDER_FORMATS = {"tf_saved_model": "saved_model.pb"}  # folder artifact format -> the file it must hold
 MODEL_DIR = "model"
 MANIFEST = "bundle.json"
 SIGNATURE = "bundle.json.sig"  # Ed25519 signature of bundle.json's exact bytes (64 bytes, raw)
@@ -73,6 +78,17 @@ class Bundle:
             return self.blobs[rel]
         except KeyError:
             raise BundleError(f"{self.path}: {rel} was not verified; load bundles with verify() first") from None
+
+    def artifact_data(self, rel: str | None = None) -> bytes | dict[str, bytes]:
+        """The verified artifact at `rel` (default: the bundle's default artifact): its bytes, or for a folder
+        artifact (a SavedModel) {path inside it: bytes}."""
+        rel = rel or self.manifest["artifact"]
+        if rel in self.blobs:
+            return self.blobs[rel]
+        inside = {k[len(rel) + 1:]: v for k, v in self.blobs.items() if k.startswith(rel + "/")}
+        if not inside:
+            raise BundleError(f"{self.path}: the artifact {rel} was not verified; load bundles with verify() first")
+        return inside
 
     @property
     def name(self) -> str:
@@ -103,7 +119,8 @@ def export_digest(export_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-LEGACY_ARTIFACTS = {"torchscript": "model.pt", "torch_export": "model.pt2"}  # exports before "artifacts"
+# Exports that name one artifact (before "artifacts", and TensorFlow's): format -> its name in the export.
+LEGACY_ARTIFACTS = {"torchscript": "model.pt", "torch_export": "model.pt2", "tf_saved_model": "saved_model"}
 
 
 def _export_artifacts(export_dir: Path, signature: dict) -> tuple[dict[str, str], dict[str, str]]:
@@ -127,7 +144,11 @@ def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label:
     export wrote or tried to write, so an ONNX export that failed fails here with the exporter's reason);
     `default_format`: the one a server runs unless told otherwise (default: the export's main format). Every
     artifact carried is replayed against the golden batch before this returns; on any error `out` is removed."""
-    signature = json.loads((export_dir / "signature.json").read_text())
+    try:
+        signature = json.loads((export_dir / "signature.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{export_dir}/signature.json: cannot read it ({exc}); is {export_dir} an export folder "
+                          f"of an engine trainer?") from None
     artifacts, errors = _export_artifacts(export_dir, signature)
     wanted = list(dict.fromkeys(formats or [*artifacts, *errors]))
     for fmt in wanted:
@@ -144,22 +165,34 @@ def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label:
         raise BundleError(f"default format {default!r} is not among the bundled formats {', '.join(wanted)}: add it "
                           f"to formats or choose one of those")
     files_in = [artifacts[f] for f in wanted]
-    for required in (*files_in, "signature.json", "golden.npz"):
+    for required in ("signature.json", "golden.npz"):
         if not (export_dir / required).is_file():
             raise BundleError(f"{export_dir} has no {required}: is it an export folder of an engine trainer?")
+    for fmt in wanted:
+        file = artifacts[fmt]
+        if fmt in FOLDER_FORMATS:
+            if not (export_dir / file / FOLDER_FORMATS[fmt]).is_file():
+                raise BundleError(f"{export_dir} has no {file}/{FOLDER_FORMATS[fmt]}: signature.json says {fmt}, so "
+                                  f"{file}/ must be that folder; re-export the model")
+        elif not (export_dir / file).is_file():
+            raise BundleError(f"{export_dir} has no {file}: is it an export folder of an engine trainer?")
     if out.exists() or out.is_symlink():
-        _check_replaceable(out)
+        check_replaceable(out)
         shutil.rmtree(out)
     try:
         (out / MODEL_DIR).mkdir(parents=True)
         for file in (*files_in, "signature.json", "golden.npz"):
-            shutil.copyfile(export_dir / file, out / MODEL_DIR / file)
-        files = {f"{MODEL_DIR}/{f}": _sha256(out / MODEL_DIR / f) for f in sorted((*files_in, "signature.json", "golden.npz"))}
+            if (export_dir / file).is_dir():
+                # A folder artifact (a SavedModel): every file, read through links (Bazel's trees are links).
+                shutil.copytree(export_dir / file, out / MODEL_DIR / file)
+            else:
+                shutil.copyfile(export_dir / file, out / MODEL_DIR / file)
+        files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted((out / MODEL_DIR).rglob("*")) if p.is_file()}
         manifest = {
             "format": FORMAT,
             "name": name,
             "version": version,
-            "framework": "pytorch",
+            "framework": ARTIFACTS.get(signature["format"], ("", "pytorch"))[1],
             "artifact": f"{MODEL_DIR}/{artifacts[default]}",
             "artifact_format": default,
             "artifacts": {f: f"{MODEL_DIR}/{artifacts[f]}" for f in wanted},
@@ -182,7 +215,7 @@ def write_bundle(export_dir: Path, out: Path, *, name: str, version: str, label:
     return out
 
 
-def _check_replaceable(out: Path) -> None:
+def check_replaceable(out: Path) -> None:
     """write_bundle replaces `out` only if it is an empty folder or a bundle written before (its bundle.json
     and the files it lists, nothing else): a mistyped --out must never delete someone's folder."""
     if out.is_symlink() or not out.is_dir():
@@ -254,9 +287,20 @@ def verify(path: Path, public_key: Any = None) -> Bundle:
     artifacts = manifest.get("artifacts", {})
     if not isinstance(artifacts, dict):
         raise BundleError(f"{manifest_path}: 'artifacts' must map artifact formats to paths in the bundle")
-    named = [("'artifact'", manifest["artifact"]), ("'golden.file'", golden),
-             *((f"'artifacts.{fmt}'", rel) for fmt, rel in sorted(artifacts.items()))]
-    for what, rel in named:
+    named = [("'artifact'", manifest["artifact"], manifest.get("artifact_format")), ("'golden.file'", golden, None),
+             *((f"'artifacts.{fmt}'", rel, fmt) for fmt, rel in sorted(artifacts.items()))]
+    for what, rel, fmt in named:
+        if fmt in FOLDER_FORMATS:
+            # A folder artifact: the files under it are in `files` (checked below); the one file that makes it a
+            # model of its format must be among them, and the folder itself is not a file.
+            folder = _inside(manifest_path, what, rel)
+            if f"{folder}/{FOLDER_FORMATS[fmt]}" not in listed:
+                raise BundleError(f"{manifest_path}: {what} {folder} is a {fmt} folder but 'files' lists no "
+                                  f"{folder}/{FOLDER_FORMATS[fmt]}: rebuild the bundle")
+            if folder in listed:
+                raise BundleError(f"{manifest_path}: {what} {folder} is a {fmt} folder, but 'files' lists it as a "
+                                  f"file: rebuild the bundle")
+            continue
         _inside(manifest_path, what, rel)
         if rel not in listed:
             raise BundleError(f"{manifest_path}: {what} {rel} is not in 'files', so nothing pins its hash: rebuild "
@@ -360,8 +404,11 @@ def load_model(bundle: Bundle, device: Any = "cpu", *, threads: int | None = Non
     if fmt not in runtimes.RUNTIMES:
         raise BundleError(f"{bundle.path}: artifact_format {fmt!r} is not servable (this server runs "
                           f"{', '.join(sorted(runtimes.RUNTIMES))})")
-    # the verified bytes, never the path again
-    return runtimes.load(bundle.data(rel), fmt, device, threads)
+    # the verified bytes (every file of a folder artifact), never the path again
+    try:
+        return runtimes.load(bundle.artifact_data(rel), fmt, device, threads, signature=bundle.signature)
+    except runtimes.LoadError as exc:
+        raise BundleError(f"{bundle.path}: {exc}") from None  # the runtime's reason, with the bundle it is about
 
 
 def resolve_device(spec: Any):

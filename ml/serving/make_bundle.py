@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = args.lock_digest_file.read_text().strip() if args.lock_digest_file else "unknown"
     status = _status(args.status_file)
     commit = status.get("GIT_COMMIT") or status.get("STABLE_GIT_COMMIT", "unknown")
+    staging = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.mlflow_run:
@@ -101,15 +104,28 @@ def main(argv: list[str] | None = None) -> int:
                 result = export / "result.json"
                 mlflow_info = ({"metrics": {f"eval/{k}": v for k, v in json.loads(result.read_text())["eval_metrics"].items()}}
                                if result.is_file() else {})
-            bundle.write_bundle(export, args.out, name=args.name, version=args.version, label=args.label,
+            if args.out.exists() or args.out.is_symlink():
+                bundle.check_replaceable(args.out)  # refused before any work: never someone else's folder
+            # Written and checked next to --out, then renamed into place: a bundle that fails its check never
+            # appears at --out, and a good bundle already there stays until its replacement has passed.
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}."))
+            staged = staging / "bundle"
+            bundle.write_bundle(export, staged, name=args.name, version=args.version, label=args.label,
                                 lock_digest=lock, git_commit=commit, mlflow=mlflow_info,
                                 max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
                                 formats=args.formats, default_format=args.default_format)
             if args.sign_key:
-                bundle.sign(args.out, args.sign_key)
+                bundle.sign(staged, args.sign_key)
+            if args.out.exists():
+                shutil.rmtree(args.out)
+            os.replace(staged, args.out)
     except bundle.BundleError as exc:
         print(f"ml_model_bundle: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return 0
 
 

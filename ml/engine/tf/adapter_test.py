@@ -71,6 +71,22 @@ def test_precision_checks():
         precision.set_precision("float32")
 
 
+def test_precision_refused_on_a_gpu_without_the_hardware(monkeypatch):
+    """A GPU older than the policy needs (here a T4-class 7.5 for bfloat16) is refused before any step, naming
+    the device, what it has and what to use; the global policy is left as it was. The GPU is described to the
+    check through TensorFlow's device query (no such GPU exists here); the check itself runs unchanged."""
+    gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"compute_capability": (7, 5)})
+    before = keras.mixed_precision.global_policy().name
+    with pytest.raises(PrecisionError, match=r"mixed_bfloat16 needs GPU compute capability >= 8.0; "
+                                             r"/physical_device:GPU:0 has 7.5: use float32"):
+        precision.set_precision("mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == before
+    assert precision.set_precision("mixed_float16") == "mixed_float16"  # 7.5 has float16 tensor cores
+    precision.set_precision("float32")
+
+
 def _model(seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])

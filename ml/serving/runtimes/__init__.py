@@ -11,7 +11,8 @@ returns is what the batcher and the golden check call, whatever runs inside:
     model.module          the runtime's own object (a torch module, ...), for tests and diagnostics
 
 A runtime module is imported only when a bundle of its format loads, so a server that serves one runtime
-never imports another's framework (torch, onnxruntime, tensorflow).
+never imports another's framework (torch, onnxruntime, tensorflow). A runtime whose framework cannot be
+imported refuses the bundle with a LoadError saying so; the server keeps serving the others.
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "Device", "PythonModel", "load", "parse_device"]
+__all__ = ["RUNTIMES", "Device", "LoadError", "PythonModel", "load", "parse_device"]
 
 # artifact_format -> the module under ml.serving.runtimes that serves it
-RUNTIMES = {"torchscript": "torchscript", "torch_export": "torchscript", "onnx": "onnx"}
+RUNTIMES = {"torchscript": "torchscript", "torch_export": "torchscript", "onnx": "onnx",
+            "tf_saved_model": "savedmodel"}
+
+
+class LoadError(Exception):
+    """A runtime cannot serve this artifact (its framework cannot be imported here, the artifact disagrees with
+    bundle.json, ...): the message says why and what to do; bundle.load_model names the bundle."""
 
 
 class Device(NamedTuple):
@@ -52,11 +59,15 @@ def parse_device(spec: Any) -> Device:
     raise ValueError(f"--device {str(spec)!r} is not a device the server knows; use cpu, cuda or cuda:N")
 
 
-def load(data: bytes, fmt: str, device: Any = "cpu", threads: int | None = None):
-    """Loads artifact bytes of format `fmt` with the runtime that serves it. `threads`: intra-op threads per
-    instance (None: the runtime's default). KeyError if no runtime serves `fmt` (the caller names the bundle)."""
+def load(data: bytes | dict[str, bytes], fmt: str, device: Any = "cpu", threads: int | None = None, *,
+         signature: dict | None = None):
+    """Loads an artifact of format `fmt` with the runtime that serves it: its bytes, or {path: bytes} for a
+    folder artifact (a SavedModel). `threads`: intra-op threads per instance (None: the runtime's default).
+    `signature`: bundle.json's inputs/outputs, which a runtime that addresses tensors by name (SavedModel)
+    checks the artifact against and maps run()'s positional arrays with. KeyError if no runtime serves `fmt`
+    (the caller names the bundle)."""
     module = importlib.import_module(f"{__name__}.{RUNTIMES[fmt]}")
-    return module.load(data, fmt, parse_device(device), threads)
+    return module.load(data, fmt, parse_device(device), threads, signature=signature)
 
 
 class PythonModel:

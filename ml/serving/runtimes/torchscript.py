@@ -59,7 +59,7 @@ class TorchModel:
         return torch.cuda.stream(torch.cuda.Stream(self._torch_device))
 
 
-def load(data: bytes, fmt: str, device: Device, threads: int | None) -> TorchModel:
+def load(data: bytes, fmt: str, device: Device, threads: int | None, signature: dict | None = None) -> TorchModel:
     target = check_device(device)
     if threads is not None:
         torch.set_num_threads(threads)  # process-wide in torch: every instance's ops run on teams of this size

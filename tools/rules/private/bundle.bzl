@@ -14,7 +14,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" HOME="$work"
 "$1" "${@:3}" --set "run_dir=$work/run" --set run_name=build > "$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
-cp "$work/run/export/"* "$2/"
+cp -R "$work/run/export/." "$2/"  # a SavedModel export holds a folder
 cp "$work/run/metrics.json" "$2/result.json"  # no run id or temp path: same weights, same bytes
 """,
         arguments = [ctx.executable.trainer.path, out.path] + ctx.attr.args_,
@@ -74,7 +74,7 @@ def _bundle_impl(ctx):
         args.add("--formats", ",".join(ctx.attr.formats))
     if ctx.attr.default_format:
         if ctx.attr.formats and ctx.attr.default_format not in ctx.attr.formats:
-            fail("ml_model_bundle(%s): default_format %r is not in formats %r" % (ctx.label, ctx.attr.default_format, ctx.attr.formats))
+            fail("ml_model_bundle(%s): default_format %r is not in formats %r" % (label_str(ctx.label), ctx.attr.default_format, ctx.attr.formats))
         args.add("--default-format", ctx.attr.default_format)
     ctx.actions.run(
         executable = ctx.executable._make_bundle,
