@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import onnxruntime as ort
 
-from ml.serving.runtimes import Device
+from ml.serving.runtimes import Device, LoadError
 
 __all__ = ["OnnxModel", "load", "providers"]
 
@@ -60,6 +60,17 @@ class OnnxModel:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(self._data, sess_options=options, providers=self._providers)
 
+    def follow_signature(self, signature: dict) -> None:
+        """Feed and fetch by bundle.json's names, in its order (requests arrive in signature order, which
+        need not be the graph's); a graph whose names disagree with bundle.json is refused."""
+        for kind, have in (("inputs", self._inputs), ("outputs", self._outputs)):
+            want = [t["name"] for t in signature[kind]]
+            if sorted(want) != sorted(have):
+                raise LoadError(f"the ONNX graph's {kind} {have} disagree with bundle.json's {want}: rebuild the "
+                                f"bundle from one export")
+        self._inputs = [t["name"] for t in signature["inputs"]]
+        self._outputs = [t["name"] for t in signature["outputs"]]
+
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         session = getattr(self._local, "session", None) or self.module
         if self.device.type == "cpu":
@@ -90,7 +101,10 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def load(data: bytes, fmt: str, device: Device, threads: int | None) -> OnnxModel:
+def load(data: bytes, fmt: str, device: Device, threads: int | None, signature: dict | None = None) -> OnnxModel:
     if fmt != "onnx":
         raise KeyError(fmt)
-    return OnnxModel(data, device, threads)
+    model = OnnxModel(data, device, threads)
+    if signature is not None:
+        model.follow_signature(signature)
+    return model
