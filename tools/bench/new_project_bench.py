@@ -4,7 +4,7 @@ Prints a markdown section for docs/benchmarks.md ("New project"). Warm environme
 the engine's libraries are built; the new project's own files and tests are new to Bazel, as for a team
 that just typed the command.
 
-    tools/bazel run //tools/bench:new_project_bench [-- --framework pytorch --loop task] [--keep]
+    tools/bazel run //tools/bench:new_project_bench [-- --variant pytorch:task --variant tensorflow] [--keep]
 
 For each variant, in the workspace this is run from:
 1. generate ml/<bench name>/ with the real command (timed);
@@ -63,22 +63,22 @@ def measure(framework: str, loop: str | None, keep: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--framework", action="append", choices=["pytorch", "tensorflow"])
-    parser.add_argument("--loop", help="pytorch loop (task or native); default task")
+    parser.add_argument("--variant", action="append", choices=["pytorch:task", "pytorch:native", "tensorflow"],
+                        help="repeatable; default: pytorch:task")
     parser.add_argument("--keep", action="store_true", help="keep the generated project folder")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     rows = []
-    for framework in args.framework or ["pytorch"]:
-        loop = (args.loop or "task") if framework == "pytorch" else None
-        rows.append(measure(framework, loop, args.keep))
+    for variant in args.variant or ["pytorch:task"]:
+        framework, _, loop = variant.partition(":")
+        rows.append(measure(framework, loop or None, args.keep))
     print(f"machine: {os.cpu_count()} cores; load before: {load}")
     print(f"load after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}\n")
     print("| variant | generate | green `bazel test` (tests) | of which the test run | first trained model "
           "(`:train`) | command to trained model | held-out AUC |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['generate']:.0f} s | {r['green']:.0f} s ({r['tests']}) | {r['test_only']:.0f} s | "
+        print(f"| {r['variant']} | {r['generate']:.1f} s | {r['green']:.0f} s ({r['tests']}) | {r['test_only']:.0f} s | "
               f"{r['train']:.0f} s | {r['trained']:.0f} s | {r['auc']} |")
     return 0
 
