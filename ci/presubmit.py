@@ -5,6 +5,8 @@
 
 1. Lint: buildifier (format) on BUILD/.bzl/WORKSPACE files, ruff on Python; fix with `tools/bazel run //ci:fix`.
 2. Lock freshness: the tests in ci/presubmit.json `always_test` (//third_party/pip:lock_test) run every time.
+   Owners: the changed files grouped by the OWNERS file nearest to each (ci/private/owners.py); a malformed
+   OWNERS file fails presubmit.
 3. Affected targets: `git diff <base>` (+ untracked files) mapped to targets with `bazel query`
    (ci/private/selection.py says how lock, WORKSPACE, .bazelrc, toolchain, .bzl and deleted files count).
 4. Run: images (tag mlenv_image) built; affected tests (CPU lane, which includes the images' reproducibility
@@ -27,6 +29,7 @@ from pathlib import Path
 from ci.private.bazel import Bazel, BazelError
 from ci.private.changes import ChangesError, changed_files
 from ci.private.lanes import plan
+from ci.private.owners import OwnersError, reviews
 from ci.private.report import LaneResult, Report, gather_junit
 from ci.private.selection import Config, ConfigError, Selector
 from tools.lint.lint import FIX_COMMAND, Linter
@@ -82,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         report.add(f"  {change.describe()}")
     if len(changes) > 30:
         report.add(f"  ... {len(changes) - 30} more")
+
+    report.section("owners (who reviews; the nearest OWNERS file up the tree)")
+    try:
+        for review in reviews(workspace, dict.fromkeys(p for c in changes for p in c.paths_before() + c.paths_after())):
+            who = ", ".join(review.owners) if review.owners_file else "no OWNERS file covers these"
+            report.add(f"  {who}  <- {review.owners_file or '-'}: {len(review.paths)} file(s), e.g. {review.paths[0]}")
+    except OwnersError as exc:
+        ok = False
+        report.add(f"  FAILED: {exc}")
 
     if not args.no_lint:
         linter = Linter(workspace, args.buildifier or _runfiles_tool("mlenv_buildifier", "buildifier"),

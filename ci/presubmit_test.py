@@ -144,3 +144,32 @@ def test_marker_labels_mean_the_same_input_under_bazel_4_and_7():
         _add_input(repo, f"{other}:uv")
         seen.append((repo.files, repo.repos))
     assert seen == [({"third_party/pip/requirements_lock_cpu.txt"}, {"mlenv_uv"})] * 3
+
+
+def test_owners_nearest_file_wins_and_uncovered_paths_are_listed(tmp_path):
+    from ci.private.owners import reviews
+
+    (tmp_path / "ml/ads_ctr/sub").mkdir(parents=True)
+    (tmp_path / "ml/OWNERS").write_text("# platform reviews what no project claims\n@mlenv/platform\n")
+    (tmp_path / "ml/ads_ctr/OWNERS").write_text("@ads/ranking  # the team\n\nalice@example.com\n")
+    got = reviews(tmp_path, ["ml/ads_ctr/model.py", "ml/ads_ctr/sub/x.py", "ml/engine/run.py", "README.md",
+                             "ml/ads_ctr/gone.py"])
+    assert [(r.owners_file, r.owners, r.paths) for r in got] == [
+        ("ml/OWNERS", ("@mlenv/platform",), ["ml/engine/run.py"]),
+        ("ml/ads_ctr/OWNERS", ("@ads/ranking", "alice@example.com"),
+         ["ml/ads_ctr/model.py", "ml/ads_ctr/sub/x.py", "ml/ads_ctr/gone.py"]),
+        (None, (), ["README.md"]),
+    ]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("@ads/ranking\nnot an owner\n", "ml/p/OWNERS:2: 'not an owner' is not an owner"),
+    ("# nobody\n", "ml/p/OWNERS names no owner"),
+])
+def test_malformed_owners_file_names_file_line_and_fix(tmp_path, text, message):
+    from ci.private.owners import OwnersError, reviews
+
+    (tmp_path / "ml/p").mkdir(parents=True)
+    (tmp_path / "ml/p/OWNERS").write_text(text)
+    with pytest.raises(OwnersError, match=message):
+        reviews(tmp_path, ["ml/p/model.py"])

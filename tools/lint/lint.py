@@ -16,6 +16,8 @@ __all__ = ["FIX_COMMAND", "LintResult", "Linter"]
 
 FIX_COMMAND = "tools/bazel run //ci:fix"
 _STARLARK_NAMES = ("BUILD", "BUILD.bazel", "WORKSPACE", "WORKSPACE.bazel")
+# BUILD file templates (tools/new/templates): not packages of this workspace, formatted like BUILD files.
+_STARLARK_TEMPLATES = ("BUILD.bazel.tmpl",)
 
 
 @dataclass
@@ -37,7 +39,8 @@ class Linter:
     ruff: str
 
     def starlark_files(self) -> list[str]:
-        return [p for p in self._git_files() if Path(p).name in _STARLARK_NAMES or p.endswith(".bzl")]
+        return [p for p in self._git_files()
+                if Path(p).name in _STARLARK_NAMES + _STARLARK_TEMPLATES or p.endswith(".bzl")]
 
     def _git_files(self) -> list[str]:
         out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],

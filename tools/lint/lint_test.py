@@ -41,3 +41,14 @@ def test_fix_repairs_then_check_passes(repo):
     assert 'name = "t"' in (repo.workspace / "pkg/BUILD.bazel").read_text()
     assert "import os" not in (repo.workspace / "pkg/mod.py").read_text()
     assert all(r.ok for r in repo.check()), [r.output for r in repo.check()]
+
+
+def test_build_templates_are_formatted_like_build_files(repo):
+    (repo.workspace / "tmpl").mkdir()
+    (repo.workspace / "tmpl/BUILD.bazel.tmpl").write_text('py_library(name="x",deps=["b","a"])\n')
+    assert repo.starlark_files() == ["pkg/BUILD.bazel", "tmpl/BUILD.bazel.tmpl"]
+    results = {r.tool: r for r in repo.check()}
+    assert "tmpl/BUILD.bazel.tmpl" in results["buildifier"].output
+    repo.fix()
+    assert (repo.workspace / "tmpl/BUILD.bazel.tmpl").read_text() == (
+        'py_library(\n    name = "x",\n    deps = [\n        "a",\n        "b",\n    ],\n)\n')
