@@ -113,8 +113,8 @@ class LocalCluster:
         # the Jobs API client and the job all read it from the environment this process hands down.
         # RAY_ADDRESS: Ray's "auto" address scans the machine for GCS processes and refuses when it finds
         # several (other people's clusters): name ours for every process of this cluster.
-        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-                           "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}"})
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}",
+                           "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)})
 
     def _start_node(self, extra: list[str], log: Path) -> None:
         cmd = [*_ray_cli(), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",

@@ -23,7 +23,7 @@ __all__ = ["run", "LOCAL_NODES"]
 # --address local: a head and one worker node (more when --nodes asks for more).
 LOCAL_NODES = 2
 # The launcher's environment the job inherits when it runs this machine's runfiles.
-_PASSTHROUGH = ("MLFLOW_TRACKING_URI", "BUILD_WORKSPACE_DIRECTORY", "MLENV_FAIL_ON_SKIP")
+_PASSTHROUGH = ("MLFLOW_TRACKING_URI", "BUILD_WORKSPACE_DIRECTORY", "TEST_TMPDIR")
 
 
 def _is_this_machine(address: str) -> bool:
