@@ -73,9 +73,10 @@ def leftover_processes(marker: str) -> list[str]:
 
 def test_homefeed_on_ray_trains_stops_and_resumes_to_the_same_state(tmp_path):
     assert cluster.in_private_network()
-    from ray.job_submission import JobSubmissionClient
-
     with cluster.LocalCluster(nodes=2, cpus_per_node=1) as running:
+        # Imported once the cluster set RAY_AUTH_MODE/RAY_AUTH_TOKEN: Ray reads them when its modules load.
+        from ray.job_submission import JobSubmissionClient
+
         whole = launch(running.address, tmp_path / "whole")
         log = whole.communicate(timeout=600)[0]
         assert whole.returncode == 0, log[-4000:]

@@ -45,13 +45,15 @@ class Code:
     @classmethod
     def from_image(cls, image) -> Code:
         from tools.launch.k8s.common import IMAGE_PYTHONPATH
-        from tools.rules.private.image_entrypoint import RUNFILES
+
+        # The image's runfiles root (/app/runfiles), as the entrypoint's defaults have it in the container.
+        runfiles = os.path.dirname(IMAGE_PYTHONPATH.split(":")[0])
 
         # The image's Entrypoint is [python, -S, /app/entrypoint.py, <main relative to the runfiles root>].
         if len(image.entrypoint) < 4:
             raise LaunchError(f"the train image's Entrypoint {list(image.entrypoint)} is not ml_image's "
                               "[python, -S, entrypoint.py, main]; rebuild it with ml_image")
-        return cls("image", image.entrypoint[0], IMAGE_PYTHONPATH, f"{RUNFILES}/{image.entrypoint[3]}",
+        return cls("image", image.entrypoint[0], IMAGE_PYTHONPATH, f"{runfiles}/{image.entrypoint[3]}",
                    image.reference)
 
 
