@@ -73,6 +73,9 @@ def leftover_processes(marker: str) -> list[str]:
 
 def test_homefeed_on_ray_trains_stops_and_resumes_to_the_same_state(tmp_path):
     assert cluster.in_private_network()
+    # As on a real cluster, the artifacts go to storage every node sees (here: a folder of this test).
+    mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment(
+        "homefeed", artifact_location=str(tmp_path / "artifacts"))
     with cluster.LocalCluster(nodes=2, cpus_per_node=1) as running:
         # Imported once the cluster set RAY_AUTH_MODE/RAY_AUTH_TOKEN: Ray reads them when its modules load.
         from ray.job_submission import JobSubmissionClient

@@ -28,16 +28,21 @@ __all__ = ["main", "train_worker"]
 def train_worker(config: dict) -> None:
     """Runs in every Ray Train worker: the trainer's main as __main__, with the trainer flags."""
     main_file, args = config["main"], list(config["args"])
-    saved = list(sys.argv), list(sys.path)
+    saved = list(sys.argv), list(sys.path), os.getcwd()
     sys.argv = [main_file, *args]
     sys.path.insert(0, os.path.dirname(main_file))
+    if config.get("cwd"):
+        # The launcher's own folder (a cluster on this machine): relative paths (MLflow's ./mlruns, a relative
+        # --set data_dir) mean what they mean under --on local, not the Ray session's temp folder.
+        os.chdir(config["cwd"])
     try:
         runpy.run_path(main_file, run_name="__main__")
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise RuntimeError(f"the trainer {main_file} exited with {exc.code}") from None
     finally:
-        sys.argv, sys.path[:] = saved
+        sys.argv, sys.path[:] = saved[0], saved[1]
+        os.chdir(saved[2])
 
 
 def _datasets(hook: str | None, trainer_args: list[str]) -> dict | None:
@@ -58,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="gloo")
     p.add_argument("--storage", help="Ray Train's storage_path (its own run state; default ~/ray_results)")
     p.add_argument("--name", default="mlenv")
+    p.add_argument("--cwd", help="the folder each worker runs the trainer in (default: Ray's)")
     p.add_argument("--datasets", help="MODULE:FUNCTION returning {name: ray.data.Dataset} (optional)")
     return p
 
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"main": opts.main, "args": trainer_args},
+        train_loop_config={"main": opts.main, "args": trainer_args, "cwd": opts.cwd},
         torch_config=TorchConfig(backend=opts.backend),
         scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=bool(opts.gpus_per_worker),
                                      resources_per_worker=resources, placement_strategy=opts.placement),

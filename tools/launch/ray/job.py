@@ -90,6 +90,8 @@ def build(spec: LaunchSpec, code: Code, *, storage: str | None = None, passthrou
               "--placement", scaling["placement_strategy"], "--backend", scaling["backend"]]
     if storage:
         driver += ["--storage", storage]
+    if code.mode == "runfiles":
+        driver += ["--cwd", os.getcwd()]
     if datasets:
         driver += ["--datasets", datasets]
     # RAY_TRAIN_ENABLE_PRINT_PATCH=0: the trainer's prints reach the job log once, not once per log handler.

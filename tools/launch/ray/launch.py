@@ -15,7 +15,8 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from tools.launch.ray import cluster, job as job_mod, submit
+from tools.launch.ray import cluster, submit
+from tools.launch.ray import job as job_mod
 from tools.launch.spec import LaunchError, LaunchSpec
 
 __all__ = ["run", "LOCAL_NODES"]
