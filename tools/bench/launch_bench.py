@@ -68,7 +68,9 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=16384, help="training rows (2 workers x 128 per step)")
     opts = p.parse_args()
-    os.chdir(os.environ.get("RUNFILES_DIR", os.path.dirname(os.path.abspath(sys.argv[0])) + ".runfiles") + "/mlenv")
+    # The launcher lies in this binary's runfiles (the main file's path, not resolved: runfiles are symlinks).
+    here = os.path.abspath(__file__)
+    os.chdir(here[:here.index(".runfiles/") + len(".runfiles/")] + "mlenv")
     work = Path(tempfile.mkdtemp(prefix="launch-bench-"))
     results = {}
     results["local"] = timed_launch(["--on", "local", "--nproc-per-node", "2"], work / "local", opts.samples)
