@@ -71,11 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     k8s.add_argument("--secret-env", action="append", default=[], metavar="NAME=SECRET:KEY")
     k8s.add_argument("--tracking-uri", help="MLFLOW_TRACKING_URI for the job")
     ray = p.add_argument_group("--on ray")
-    ray.add_argument("--address", help="a running cluster's dashboard (http://HOST:8265) or `local`")
+    ray.add_argument("--address", help="a running cluster's dashboard (http://HOST:8265) or `local` (a throwaway "
+                     "cluster on this machine: a head and worker nodes)")
+    ray.add_argument("--ray-datasets", metavar="MODULE:FUNCTION",
+                     help="optional Ray Data input: FUNCTION(trainer_args) -> {name: ray.data.Dataset}, passed to "
+                     "TorchTrainer(datasets=...); workers read ray.train.get_dataset_shard(name)")
     hidden = p.add_argument_group("set by the :launch target")
     hidden.add_argument("--project", required=True, help=argparse.SUPPRESS)
     hidden.add_argument("--trainer", required=True, type=Path, help=argparse.SUPPRESS)
     hidden.add_argument("--image-info", type=Path, help=argparse.SUPPRESS)
+    hidden.add_argument("--trainer-main", type=Path, help=argparse.SUPPRESS)
     hidden.add_argument("--max-processes", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
@@ -92,11 +97,14 @@ def parse(argv: list[str]) -> tuple[LaunchSpec, argparse.Namespace]:
     values: dict = {}
     if opts.defaults:
         values.update(spec_mod.load_defaults(opts.defaults))
+        if opts.on != "ray":
+            values.pop("ray_datasets", None)  # a project's Ray Data hook matters only to --on ray runs
     flags = {
         "nodes": opts.nodes, "nproc_per_node": opts.nproc_per_node, "gpus_per_node": opts.gpus_per_node,
         "cpus_per_node": opts.cpus_per_node, "memory_per_node": opts.memory_per_node, "flavor": opts.flavor,
         "name": opts.name, "namespace": opts.namespace, "repository": opts.repository,
         "service_account": opts.service_account, "tracking_uri": opts.tracking_uri, "address": opts.address,
+        "ray_datasets": opts.ray_datasets,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     for key, parsed in (("node_selector", _pairs(opts.node_selector, "--node-selector")),
@@ -151,8 +159,10 @@ def _run(argv: list[str]) -> int:
         return local.run(spec, command)
     if spec.on == "k8s":
         return _k8s(spec, opts)
-    raise LaunchError("--on ray is not available in this build of the launcher yet (issue 12); "
-                      "use --on local or --on k8s")
+    from tools.launch.ray import launch as ray_launch
+
+    spec.trainer_args = _pin_run_name(spec)
+    return ray_launch.run(spec, trainer_main=opts.trainer_main, image_info=opts.image_info)
 
 
 def _k8s(spec: LaunchSpec, opts: argparse.Namespace) -> int:

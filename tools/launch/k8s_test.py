@@ -40,6 +40,17 @@ COMMON_FLAGS = ["--project", "homefeed", "--trainer", "ml/homefeed/train", "--re
                 "--secret-env", "AWS_SECRET_ACCESS_KEY=s3-creds:secret", "--tracking-uri", "http://mlflow:5000"]
 TRAINER_FLAGS = ["--", "--epochs", "3", "--run-name", "homefeed-k8s", "--set", "data_dir=/mnt/data"]
 
+# ray.io/v1 RayJob / RayCluster fields (written from the KubeRay v1 API reference, not machine-read).
+RAYJOB_SPEC_FIELDS = {"entrypoint", "runtimeEnvYAML", "metadata", "submissionMode", "shutdownAfterJobFinishes",
+                      "ttlSecondsAfterFinished", "rayClusterSpec", "clusterSelector", "suspend", "jobId",
+                      "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "activeDeadlineSeconds",
+                      "backoffLimit", "submitterPodTemplate", "submitterConfig", "managedBy", "deletionStrategy"}
+RAYCLUSTER_SPEC_FIELDS = {"rayVersion", "headGroupSpec", "workerGroupSpecs", "enableInTreeAutoscaling",
+                          "autoscalerOptions", "headServiceAnnotations", "suspend", "managedBy", "gcsFaultToleranceOptions"}
+HEAD_GROUP_FIELDS = {"rayStartParams", "template", "serviceType", "headService", "enableIngress"}
+WORKER_GROUP_FIELDS = {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template",
+                       "numOfHosts", "scaleStrategy", "suspend", "idleTimeoutSeconds"}
+
 TRAINJOB_SPEC_FIELDS = {"runtimeRef", "trainer", "podSpecOverrides", "initializer", "labels", "annotations",
                         "managedBy", "suspend"}
 TRAINJOB_TRAINER_FIELDS = {"image", "command", "args", "env", "numNodes", "numProcPerNode", "resourcesPerNode"}
@@ -89,7 +100,7 @@ def dry_run(info: Path, flavor: str) -> str:
     return out
 
 
-@pytest.mark.parametrize("flavor", ["job", "trainjob"])
+@pytest.mark.parametrize("flavor", ["job", "rayjob", "trainjob"])
 def test_dry_run_matches_the_golden_file(image_info, flavor):
     out = dry_run(image_info[0], flavor)
     golden = TESTDATA / f"{flavor}.yaml"
@@ -150,7 +161,7 @@ def test_trainjob_fields_and_its_core_parts_validate(image_info, version):
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 4
 
 
-@pytest.mark.parametrize("flavor", ["job", "trainjob"])
+@pytest.mark.parametrize("flavor", ["job", "rayjob", "trainjob"])
 def test_every_image_is_pinned_to_the_layout_digest(image_info, flavor):
     info, digest = image_info
     text = dry_run(info, flavor)
@@ -177,7 +188,6 @@ def test_stale_digest_file_is_refused(image_info):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--repository", "registry.example.com/ml/homefeed:latest"], "without a tag or digest"),
     (["--flavor", "pytorchjob"], "unknown --flavor 'pytorchjob'"),
-    (["--flavor", "rayjob"], "--flavor rayjob is not available in this build"),
     (["--toleration", "dedicated=ml"], "KEY[=VALUE]:EFFECT"),
     (["--secret-env", "TOKEN=only-a-name"], "must be SECRET:KEY"),
     (["--name", "Homefeed_Train"], "not a valid Kubernetes name"),
@@ -200,3 +210,36 @@ def test_no_kube_context_fails_before_any_request(image_info, tmp_path, monkeypa
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     code, out, err = launch("--on", "k8s", "--context", "prod", "--image-info", str(image_info[0]), *COMMON_FLAGS)
     assert code == 2 and "no Kubernetes context prod" in err and "dev" in err
+
+
+@pytest.mark.parametrize("version", SUPPORTED_K8S)
+def test_rayjob_fields_and_its_pod_templates_validate(image_info, version):
+    (rayjob,) = yaml.safe_load_all(dry_run(image_info[0], "rayjob"))
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob"
+    assert rayjob["metadata"]["annotations"] == {"ray.io/overwrite-container-cmd": "true"}
+    spec = rayjob["spec"]
+    assert set(spec) <= RAYJOB_SPEC_FIELDS and set(spec["rayClusterSpec"]) <= RAYCLUSTER_SPEC_FIELDS
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    (workers,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert set(head) <= HEAD_GROUP_FIELDS and set(workers) <= WORKER_GROUP_FIELDS
+    assert all(isinstance(v, str) for v in {**head["rayStartParams"], **workers["rayStartParams"]}.values())
+    # One worker pod per node, the head trains nothing; the operator submits over HTTP (no `ray` CLI needed).
+    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 2
+    assert head["rayStartParams"]["num-cpus"] == "0" and spec["submissionMode"] == "HTTPMode"
+    # The job: the --on ray driver over the image's own main file, 2 x 4 Train workers, the trainer flags as given.
+    entry = spec["entrypoint"].split()
+    assert entry[:4] == [ENTRYPOINT[0], "-S", "-m", "tools.launch.ray.driver"]
+    assert entry[entry.index("--main") + 1] == "/app/runfiles/" + ENTRYPOINT[3]
+    assert entry[entry.index("--workers") + 1] == "8" and entry[entry.index("--cpus-per-worker") + 1] == "2"
+    assert entry[entry.index("--") + 1:] == TRAINER_FLAGS[1:]
+    env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    assert env["PYTHONPATH"] == common.IMAGE_PYTHONPATH and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # Each pod template is a core PodTemplateSpec: validate it strictly as a v1 Pod.
+    for group in (head, workers):
+        template = group["template"]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", **template["metadata"]},
+               "spec": template["spec"]}
+        kubernetes_validate.validate(pod, version, strict=True)
+        command = template["spec"]["containers"][0]["command"]
+        assert command[:2] == ["/bin/sh", "-c"] and '"$KUBERAY_GEN_RAY_START_CMD"' in command[2]
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "8"

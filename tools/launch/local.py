@@ -45,6 +45,11 @@ def run(spec: LaunchSpec, command: list[str]) -> int:
 
     if not command:
         raise LaunchError("no trainer command to run")
+    if spec.nproc_per_node > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # What torchrun's CLI does (this path builds its config directly and skipped it): without it every rank
+        # starts one intra-op thread per core, and N ranks oversubscribe the machine N-fold (measured: 2 ranks
+        # on 2 cores ran ~10x slower; docs/benchmarks.md, issue 12). Ray Train sets it from the worker's CPUs.
+        os.environ["OMP_NUM_THREADS"] = "1"
     try:
         elastic_launch(launch_config(spec), entrypoint=command[0])(*command[1:])
     except SignalException as exc:

@@ -52,6 +52,7 @@ class LaunchSpec:
     tracking_uri: str | None = None
     # ray
     address: str | None = None
+    ray_datasets: str | None = None  # MODULE:FUNCTION, the optional Ray Data input (tools/launch/ray/driver.py)
     # the trainer's declared limit (from the :launch macro), 0 = none declared
     max_processes: int = 0
 
@@ -114,6 +115,16 @@ class LaunchSpec:
         if self.on == "ray" and not self.address:
             raise LaunchError("--on ray needs --address http://HOST:8265 (a running cluster's dashboard) or "
                               "--address local (a throwaway cluster on this machine)")
+        if self.on == "ray" and self.secret_env:
+            raise LaunchError("--secret-env is for --on k8s (secretKeyRef); on Ray, give the cluster's nodes the "
+                              "secret (their environment) or pass a plain --env")
+        if self.on == "ray" and self.address == "local":
+            cpus = cpu_count or os.cpu_count() or 1
+            if self.nodes > cpus:
+                raise LaunchError(f"--address local with --nodes {self.nodes}: one Ray node per --nodes on a "
+                                  f"machine with {cpus} CPUs; use --nodes <= {cpus}")
+        if self.ray_datasets and (self.on != "ray" or ":" not in self.ray_datasets):
+            raise LaunchError(f"--ray-datasets {self.ray_datasets!r}: expects MODULE:FUNCTION and --on ray")
 
     def job_name(self) -> str:
         return self.name or f"{self.project}-train".lower().replace("_", "-")

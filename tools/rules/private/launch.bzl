@@ -39,6 +39,17 @@ def _main_impl(ctx):
         paths["--image-info"] = ctx.file.image_info.short_path
     if ctx.attr.defaults:
         paths["--defaults"] = ctx.file.defaults.short_path
+    if ctx.attr.trainer_main:
+        # The main file as it lies in the trainer's runfiles (--on ray runs it in each Ray Train worker).
+        shorts = [f.short_path for f in ctx.attr.trainer[DefaultInfo].default_runfiles.files.to_list()]
+        if ctx.attr.trainer_main in shorts:
+            paths["--trainer-main"] = ctx.attr.trainer_main
+        elif not ctx.attr.trainer_main_is_default:
+            fail("%s: trainer_main %r is not in the runfiles of %s; pass the trainer's main file, e.g. \"ml/homefeed/train.py\"" % (
+                ctx.label,
+                ctx.attr.trainer_main,
+                ctx.attr.trainer.label,
+            ))
     if ctx.attr.max_processes:
         args.append("--max-processes=%d" % ctx.attr.max_processes)
     ctx.actions.write(out, "\n".join([
@@ -70,10 +81,24 @@ _launch_main = rule(
         "out": attr.output(mandatory = True),
         "project": attr.string(mandatory = True),
         "trainer": attr.label(mandatory = True, executable = True, cfg = "target"),
+        "trainer_main": attr.string(),
+        "trainer_main_is_default": attr.bool(),
     },
 )
 
-def ml_launch(name, project, trainer = ":train", image = None, max_processes = 0, defaults = None, **kwargs):
+def _default_main(trainer):
+    """py_binary's default main, <name>.py in the trainer's package (as ml_image derives it)."""
+    label = trainer
+    if label.startswith(":"):
+        pkg, target = native.package_name(), label[1:]
+    elif label.startswith("//"):
+        pkg, _, target = label[2:].partition(":")
+        target = target or pkg.rsplit("/", 1)[-1]
+    else:
+        return None
+    return "%s/%s.py" % (pkg, target) if pkg else target + ".py"
+
+def ml_launch(name, project, trainer = ":train", image = None, max_processes = 0, defaults = None, trainer_main = None, **kwargs):
     """`tools/bazel run :<name> -- --on local|ray|k8s [...] -- <trainer flags>`.
 
     Args:
@@ -83,6 +108,8 @@ def ml_launch(name, project, trainer = ":train", image = None, max_processes = 0
       image: the project's ml_image train image (e.g. ":train_image"); --on k8s needs it.
       max_processes: the most ranks the trainer supports (0: no declared limit).
       defaults: optional JSON file of launch defaults (resources, node selector, tracking URI, ...).
+      trainer_main: the trainer's main file ("ml/homefeed/train.py"), which --on ray runs in each Ray Train
+        worker; default: py_binary's own default, <trainer name>.py in its package.
       **kwargs: any py_binary attribute (tags, visibility, ...).
     """
     data = [trainer]
@@ -101,6 +128,8 @@ def ml_launch(name, project, trainer = ":train", image = None, max_processes = 0
         image_info = image_info,
         defaults = defaults,
         max_processes = max_processes,
+        trainer_main = trainer_main or _default_main(trainer),
+        trainer_main_is_default = not trainer_main,
     )
     ml_py_binary(
         name = name,
