@@ -2,8 +2,8 @@
 workspace, then every test of the three new projects run there by one real `bazel test`.
 
 Why one workspace and one nested `bazel test`: each variant's tests are what a team gets in its first minute
-(unit tests, the GPU test's CPU twin, the trainer integration test with SIGKILL + --resume, and for PyTorch a
-model trained by the build, bundled and served over gRPC); sharing the Bazel server, the analysis of
+(unit tests, the GPU test's CPU twin for PyTorch, the trainer integration test with SIGKILL + --resume, and a
+model trained by the build, bundled (TorchScript or SavedModel) and served over gRPC); sharing the Bazel server, the analysis of
 ml/engine and this build's installed @pypi (--override_repository, no reinstall) keeps three projects within
 the budget of one large test.
 
@@ -70,8 +70,9 @@ def test_generate_every_variant_and_run_its_tests(sample):
     query = sample.bazel("query", f'tests({patterns}) except attr(tags, "\\bgpu\\b", {patterns})', "--output=label")
     assert query.returncode == 0, query.stderr[-4000:]
     tests = query.stdout.split()
-    expected = {f"//ml/{n}:{t}" for n in VARIANTS for t in ("data_test", "model_test", "train_integration_test")}
-    expected |= {f"//ml/{n}:{t}" for n in ("ads_task", "ads_native") for t in ("gpu_test_cpu", "serve_test")}
+    expected = {f"//ml/{n}:{t}" for n in VARIANTS
+                for t in ("data_test", "model_test", "train_integration_test", "serve_test")}
+    expected |= {f"//ml/{n}:gpu_test_cpu" for n in ("ads_task", "ads_native")}
     assert set(tests) == expected
 
     result = sample.bazel("test", "--local_test_jobs=1", *tests, timeout=3000)

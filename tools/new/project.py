@@ -51,7 +51,7 @@ _FILES = {
 _FRAMEWORK_FILES = {
     "pytorch": ["BUILD.bazel.tmpl", "README.md", "gpu_test.py", "model.py", "model_test.py", "serve.py", "serve_test.py",
                 "sweep.yaml"],
-    "tensorflow": ["BUILD.bazel.tmpl", "README.md", "model.py", "model_test.py", "sweep.yaml"],
+    "tensorflow": ["BUILD.bazel.tmpl", "README.md", "model.py", "model_test.py", "serve.py", "serve_test.py", "sweep.yaml"],
 }
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -161,9 +161,7 @@ def generate(p: Plan) -> list[Path]:
 
 
 def next_commands(p: Plan) -> list[str]:
-    last = (f"tools/bazel run {p.label}:serve" if p.framework == "pytorch"
-            else f"tools/bazel run {p.label}:sweep -- --trials 4")
-    return [f"tools/bazel test {p.label}/...", f"tools/bazel run {p.label}:train", last]
+    return [f"tools/bazel test {p.label}/...", f"tools/bazel run {p.label}:train", f"tools/bazel run {p.label}:serve"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -194,9 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"created {p.destination.relative_to(root)}/ ({p.framework}, {p.loop} loop, owner {p.owner}):")
     for path in written:
         print(f"  {path.relative_to(root)}")
-    if p.framework == "tensorflow":
-        print("  (no :bundle / :serve yet: the TensorFlow serving path is not in the workspace; the SavedModel export "
-              "is in every run folder)")
     print("next:")
     for command in next_commands(p):
         print(f"  {command}")

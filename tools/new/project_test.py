@@ -75,9 +75,14 @@ def test_every_variant_renders(workspace, capsys, framework, loop):
     for name in ("BUILD.bazel", "OWNERS", "README.md", "data.py", "data_test.py", "model.py", "model_test.py",
                  "sweep.yaml", "train.py"):
         assert name in files and f"ml/ads_ctr/{name}" in out
-    for pytorch_only in ("serve.py", "serve_test.py", "gpu_test.py"):  # no TF serving path yet; the locked TF is CPU-only
-        assert (pytorch_only in files) == (framework == "pytorch")
-    assert "tools/bazel test //ml/ads_ctr/..." in out and "tools/bazel run //ml/ads_ctr:train" in out
+    for name in ("serve.py", "serve_test.py"):  # both frameworks serve: TorchScript or SavedModel bundles
+        assert name in files and f"ml/ads_ctr/{name}" in out
+    assert ("gpu_test.py" in files) == (framework == "pytorch")  # the locked TensorFlow is CPU-only
+    build = (folder / "BUILD.bazel").read_text()
+    for target in ("model_export", "bundle", "serve", "serve_test"):
+        assert f'name = "{target}"' in build, target
+    for command in ("test //ml/ads_ctr/...", "run //ml/ads_ctr:train", "run //ml/ads_ctr:serve"):
+        assert f"tools/bazel {command}" in out, command
     for path in folder.iterdir():
         text = path.read_text()
         assert "__project__" not in text and "__owner__" not in text and "__loop__" not in text, path
