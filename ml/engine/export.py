@@ -73,6 +73,7 @@ def load_exported(folder: Path):
 
 def _run_onnx(path: Path):
     """A callable like load_exported's for an ONNX file, run by ONNX Runtime on the CPU."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before ONNX Runtime loads: no usage telemetry
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -121,6 +122,8 @@ def export_onnx(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
     """Writes `model` as ONNX with torch.onnx.export(dynamo=True): opset ONNX_OPSET, the batch dimension of
     every input and output dynamic, weights inside the one file. Raises what the exporter raises."""
     import warnings
+
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # the exporter's helpers may load ONNX Runtime
 
     import onnx
 

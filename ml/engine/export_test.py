@@ -66,8 +66,10 @@ def test_bad_arguments(tmp_path):
         export_model(TwoHeads(), example(), input_names=["a", "b"], output_names=["x", "y"], folder=tmp_path, fmt="onnx")
 
 
-def test_the_onnx_artifact_is_written_next_to_the_main_one_and_matches_eager(tmp_path):
+def test_the_onnx_artifact_is_written_next_to_the_main_one_and_matches_eager(tmp_path, monkeypatch):
     import onnx
+
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "1")  # before ONNX Runtime loads, as the engine does
     import onnxruntime as ort
 
     model = TwoHeads()

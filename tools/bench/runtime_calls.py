@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     root = os.environ.get("BUILD_WORKSPACE_DIRECTORY") or Path(__file__).resolve().parents[2]
     path = (args.bundle or Path(root) / "bazel-bin" / "ml" / "homefeed" / "bundle").resolve()
 
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before ONNX Runtime loads: no usage telemetry
     import onnxruntime as ort
     import torch
 

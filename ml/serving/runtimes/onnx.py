@@ -16,7 +16,12 @@ import os
 import threading
 
 import numpy as np
-import onnxruntime as ort
+
+# ONNX Runtime (1.32, Linux) sends usage telemetry to Microsoft unless this is set before it loads: measured
+# with strace, a session that lives 25 s resolves the collector's host name (DNS to the machine's resolver).
+# A model server must not phone home, and tests may talk only to loopback. Only an explicit setting wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402 - after the telemetry switch above
 
 from ml.serving.runtimes import Device, LoadError
 
