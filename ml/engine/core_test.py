@@ -133,3 +133,18 @@ def test_fresh_run_without_resume_ignores_old_checkpoints(tmp_path, client):
             (d / "x").write_text("x")
     with run.start(_config(tmp_path), project="loop", client=client) as r:
         assert r.resume_from is None and r.latest_checkpoint().step == 2
+
+
+def test_the_engine_turns_off_mlflow_telemetry_before_mlflow_loads():
+    # MLflow's own check (mlflow.telemetry.utils.is_telemetry_disabled) also treats pytest and CI as "off":
+    # run without those so the engine's setting is what decides.
+    import subprocess
+    import sys
+
+    code = ("import ml.engine, mlflow.telemetry.utils as u, os; "
+            "print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'), u.is_telemetry_disabled())")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI")}
+    out = subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), "-c", code], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["true", "True"], out.stderr[-2000:]

@@ -34,6 +34,8 @@ from typing import Any
 from tools.sweep import worker as worker_mod
 from tools.sweep.space import Space, SpaceError, as_set_value, check_against_config, load_space
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no MLflow usage telemetry from sweeps (as the engine)
+
 __all__ = ["main"]
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 from tools.sweep.space import Space, as_set_value
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no MLflow usage telemetry from sweeps (as the engine)
+
 __all__ = ["WorkerSettings", "run_worker", "read_metrics", "LIVE_STATES"]
 
 # Why a trial ended FAIL; only "trainer" and "invalid" count toward --max-failures.
