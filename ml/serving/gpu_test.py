@@ -5,17 +5,14 @@ default suite, so the device plumbing (load, golden replay, batching, per-instan
 """
 
 import os
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as triton
 from tritonclient.grpc import model_config_pb2
 
 from ml.serving import server
-from ml.serving.testing import expected, inputs_for, make_bundle, rows
+from ml.serving.testing import check_concurrent_requests_batch, make_bundle
 
 DEVICE = os.environ.get("MLENV_TEST_DEVICE", "cuda")
 
@@ -41,19 +38,4 @@ def test_the_model_lives_on_the_device(served):
 
 
 def test_concurrent_requests_batch_on_the_device_and_each_gets_its_own_rows(served):
-    def one(i):
-        ids, dense = rows(1 + i % 5, seed=i)
-        with triton.InferenceServerClient(f"127.0.0.1:{served.port}") as client:
-            got = client.infer("tiny", inputs_for(ids, dense))
-        return (ids, dense), (got.as_numpy("score"), got.as_numpy("prob"))
-
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(one, range(48)))
-    for (ids, dense), (score, prob) in results:
-        want_score, want_prob = expected(ids, dense)
-        np.testing.assert_allclose(score, want_score, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(prob, want_prob, rtol=0, atol=1e-5)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{served.metrics_port}/metrics").read().decode()
-    batches = float(next(line.split()[-1] for line in text.splitlines()
-                         if line.startswith('mlenv_batch_size_rows_count{model="tiny/1"}')))
-    assert batches < 48, f"48 requests ran as {batches:.0f} batches on {DEVICE}: nothing was batched"
+    check_concurrent_requests_batch(served.port, served.metrics_port, where=f" on {DEVICE}")

@@ -4,8 +4,6 @@ load-time checks as TorchScript, over the real tritonclient.grpc client on loopb
 import os
 import subprocess
 import sys
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import model_config_pb2
 
 from ml.serving import server
-from ml.serving.testing import expected, inputs_for, make_bundle, rows
+from ml.serving.testing import check_concurrent_requests_batch, make_bundle
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +34,7 @@ def test_the_onnx_artifact_serves_batches_with_onnx_runtime(onnx_bundle, instanc
             [group] = config.instance_group
             assert (group.kind, group.count) == (model_config_pb2.ModelInstanceGroup.KIND_CPU, instances)
 
-        def one(i):
-            ids, dense = rows(1 + i % 5, seed=i)
-            with triton.InferenceServerClient(f"127.0.0.1:{srv.port}") as client:
-                got = client.infer("tiny", inputs_for(ids, dense))
-            return (ids, dense), (got.as_numpy("score"), got.as_numpy("prob"))
-
-        with ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(one, range(48)))
-        for (ids, dense), (score, prob) in results:
-            want_score, want_prob = expected(ids, dense)
-            np.testing.assert_allclose(score, want_score, rtol=0, atol=1e-5)
-            np.testing.assert_allclose(prob, want_prob, rtol=0, atol=1e-5)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics").read().decode()
-        batches = float(next(line.split()[-1] for line in text.splitlines()
-                             if line.startswith('mlenv_batch_size_rows_count{model="tiny/1"}')))
-        assert batches < 48, f"48 requests ran as {batches:.0f} batches: nothing was batched"
+        check_concurrent_requests_batch(srv.port, srv.metrics_port)
     finally:
         srv.stop(1)
     assert loaded.batcher.alive_instances() == 0

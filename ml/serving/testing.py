@@ -86,3 +86,29 @@ def inputs_for(ids: np.ndarray, dense: np.ndarray, *, ids_name: str = "ids", ids
     b = triton.InferInput("dense", list(dense.shape), dense_type)
     b.set_data_from_numpy(dense)
     return [a, b]
+
+
+def check_concurrent_requests_batch(grpc_port: int, metrics_port: int, *, where: str = "") -> None:
+    """48 requests of 1-5 rows from 16 threads to the served `tiny/1`: each gets its own rows' outputs, and the
+    server's batch-size metric shows they ran in fewer than 48 batches (shared by the runtime/device tests)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as triton  # only the server tests have it
+
+    def one(i):
+        ids, dense = rows(1 + i % 5, seed=i)
+        with triton.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            got = client.infer("tiny", inputs_for(ids, dense))
+        return (ids, dense), (got.as_numpy("score"), got.as_numpy("prob"))
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(48)))
+    for (ids, dense), (score, prob) in results:
+        want_score, want_prob = expected(ids, dense)
+        np.testing.assert_allclose(score, want_score, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(prob, want_prob, rtol=0, atol=1e-5)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()  # noqa: S310 - loopback
+    batches = float(next(line.split()[-1] for line in text.splitlines()
+                         if line.startswith('mlenv_batch_size_rows_count{model="tiny/1"}')))
+    assert batches < 48, f"48 requests ran as {batches:.0f} batches{where}: nothing was batched"  # noqa: S101
