@@ -21,7 +21,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_installer(tmp_path: Path, lock_text: str) -> tuple[subprocess.CompletedProcess, Path]:
+def run_installer(tmp_path: Path, lock_text: str, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
     lock = tmp_path / "lock.txt"
     lock.write_text(lock_text)
     repo = tmp_path / "repo"
@@ -29,7 +29,7 @@ def run_installer(tmp_path: Path, lock_text: str) -> tuple[subprocess.CompletedP
     env = dict(os.environ, UV_CACHE_DIR=str(tmp_path / "uv-cache"))
     proc = subprocess.run(
         [PYTHON, "-I", SCRIPT, "--lock", str(lock), "--lock-label", "//test:lock.txt", "--variant", "cpu",
-         "--repo", str(repo), "--uv", UV, "--python", PYTHON, "--default-index", OFFLINE_INDEX],
+         "--repo", str(repo), "--uv", UV, "--python", PYTHON, "--default-index", OFFLINE_INDEX, *extra],
         capture_output=True, text=True, env=env, timeout=300)
     return proc, repo
 
@@ -62,6 +62,21 @@ def test_installs_flat_tree_with_targets_per_distribution(tmp_path, wheels):
     assert '"//beta"' in (repo / "alpha" / "BUILD.bazel").read_text()
     assert 'imports = ["site-packages"]' in (repo / "BUILD.bazel").read_text()
     assert (repo / "lock_digest.txt").read_text().startswith("sha256:")
+
+
+def test_a_replaced_package_keeps_its_label_as_an_alias(tmp_path, wheels):
+    """replace_packages (the CUDA variant locks onnxruntime-gpu instead of onnxruntime): @pypi//gamma, the
+    name BUILD files use, is an alias of the replacement; an alias to a distribution the lock lacks fails."""
+    proc, repo = run_installer(tmp_path, lock_for(wheels), "--alias", "gamma=beta")
+    assert proc.returncode == 0, proc.stderr
+    build = (repo / "gamma" / "BUILD.bazel").read_text()
+    assert 'alias(\n    name = "gamma",\n    actual = "//beta",\n)' in build
+    assert json.loads((repo / "manifest.json").read_text())["aliases"] == {"gamma": "beta"}
+    (tmp_path / "bad").mkdir()
+    proc, repo = run_installer(tmp_path / "bad", lock_for(wheels), "--alias", "gamma=delta")
+    assert proc.returncode == 2
+    assert "maps gamma to delta, which the cpu lock does not pin" in proc.stderr
+    assert not (repo / "manifest.json").exists()
 
 
 def test_tampered_hash_fails_naming_the_file_and_installs_nothing(tmp_path, wheels):

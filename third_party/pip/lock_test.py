@@ -79,6 +79,30 @@ def test_cuda_lock_carries_nvidia_runtime_and_cpu_lock_does_not():
     assert "\nnvidia-" in cuda, "the CUDA lock should pin torch's nvidia-* runtime wheels"
 
 
+def test_cuda_lock_has_onnxruntime_gpu_instead_of_onnxruntime_and_cpu_the_reverse():
+    """replace_packages: onnxruntime and onnxruntime-gpu install the same module, so a lock has exactly one."""
+    def pinned(variant):
+        body = lock.split_lock(lock.lock_path(WORKSPACE, VARIANTS[variant]).read_text())[1]
+        return {lock.normalize(m[1]) for m in map(lock._PIN.match, body.splitlines()) if m}
+    assert VARIANTS["cuda"]["replace_packages"]["onnxruntime"].startswith("onnxruntime-gpu")
+    assert "onnxruntime-gpu" in pinned("cuda") and "onnxruntime" not in pinned("cuda")
+    assert "onnxruntime" in pinned("cpu") and "onnxruntime-gpu" not in pinned("cpu")
+    header = lock.split_lock(lock.lock_path(WORKSPACE, VARIANTS["cuda"]).read_text())[0]
+    assert "# Replaces onnxruntime with onnxruntime-gpu" in header
+
+
+def test_replace_packages_applies_and_refuses_a_stale_entry():
+    spec = {"replace_packages": {"onnxruntime": "onnxruntime-gpu[cuda,cudnn]==1.31.1"}}
+    assert lock.replace_requirements(["torch==2.13.0", "onnxruntime==1.32.0"], spec) == [
+        "torch==2.13.0", "onnxruntime-gpu[cuda,cudnn]==1.31.1"]
+    assert lock.replacement_name("onnxruntime-gpu[cuda,cudnn]==1.31.1") == "onnxruntime-gpu"
+    with pytest.raises(SystemExit, match="replace_packages names onnxruntime, which requirements.in does not"):
+        lock.replace_requirements(["torch==2.13.0"], spec)
+    base = {k: v for k, v in VARIANTS["cpu"].items() if k != "replace_packages"}
+    assert lock.inputs_digest(b"x", base) == lock.inputs_digest(b"x", {**base, "replace_packages": {}})
+    assert lock.inputs_digest(b"x", base) != lock.inputs_digest(b"x", {**base, **spec})
+
+
 def test_digest_changes_with_inputs():
     spec = json.loads(json.dumps(VARIANTS["cpu"]))
     base = lock.inputs_digest(b"torch==2.13.0\n", spec)

@@ -193,8 +193,13 @@ def explain_uv_failure(stderr: str, lock_label: str) -> str:
     return f"mlenv: installing {lock_label} failed; uv said:\n{stderr.strip()}"
 
 
-def write_build_files(repo: Path, lock: Lock, digest: str, variant: str) -> None:
+def write_build_files(repo: Path, lock: Lock, digest: str, variant: str,
+                      aliases: dict[str, str] | None = None) -> None:
     known = {r.key for r in lock.requirements}
+    for name, target in (aliases or {}).items():
+        if normalize(target) not in known:
+            raise LockError(f"replace_packages maps {name} to {target}, which the {variant} lock does not pin: "
+                            f"relock with `tools/bazel run //third_party/pip:lock`")
     requires: dict[str, set[str]] = {r.key: set() for r in lock.requirements}
     for req in lock.requirements:
         for parent in req.required_by:
@@ -230,6 +235,20 @@ py_library(
     deps = [{", ".join(deps)}],
 )
 ''')
+    for name, target in sorted((aliases or {}).items()):
+        pkg = repo / normalize(name)
+        if normalize(name) in known:
+            continue  # the lock pins the original too: its own target stands (lock.py never writes that)
+        pkg.mkdir(exist_ok=True)
+        (pkg / "BUILD.bazel").write_text(header + f'''package(default_visibility = ["//visibility:public"])
+
+# The {variant} variant locks {target} instead of {name} (replace_packages in toolchains/accelerators.json):
+# both install the same module, so targets keep depending on @pypi//{normalize(name)}.
+alias(
+    name = "{normalize(name)}",
+    actual = "//{normalize(target)}",
+)
+''')
     manifest = {
         "variant": variant,
         "lock_digest": digest,
@@ -238,6 +257,8 @@ py_library(
             for r in lock.requirements
         },
     }
+    if aliases:  # only where a variant replaces a package: other variants' manifests stay as they were
+        manifest["aliases"] = {normalize(k): normalize(v) for k, v in sorted(aliases.items())}
     (repo / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (repo / "lock_digest.txt").write_text(digest + "\n")
 
@@ -251,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uv", required=True)
     parser.add_argument("--python", required=True)
     parser.add_argument("--default-index", default=DEFAULT_INDEX)
+    parser.add_argument("--alias", action="append", default=[], metavar="NAME=DIST",
+                        help="@pypi//NAME names DIST (a package the variant replaces: replace_packages)")
     parser.add_argument("--find-links", action="append", default=[],
                         help="a local wheel folder of the variant (toolchains/accelerators.json), tried where it exists")
     args = parser.parse_args(argv)
@@ -301,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     if proc.returncode not in (0, 1):  # 1: some file did not compile (e.g. py2 templates in a package); fine
         print(f"mlenv/pip: compiling byte code failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}", file=sys.stderr)
         return 1
-    write_build_files(args.repo, lock, digest, args.variant)
+    aliases = dict(alias.split("=", 1) for alias in args.alias)
+    try:
+        write_build_files(args.repo, lock, digest, args.variant, aliases)
+    except LockError as exc:
+        print(f"mlenv: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,6 +15,13 @@ _DEFAULT_INDEX = "https://pypi.org/simple"
 def _interpreter(rctx):
     return rctx.read(rctx.attr.python).strip()
 
+def _replacement_name(requirement):
+    """`onnxruntime-gpu[cuda,cudnn]==1.31.1` -> `onnxruntime-gpu` (lock.py's replacement_name, in Starlark)."""
+    for i in range(len(requirement)):
+        if requirement[i] in "[=<>!~; ":
+            return requirement[:i]
+    return requirement
+
 def _index(rctx):
     return rctx.os.environ.get(_INDEX_ENV, "") or _DEFAULT_INDEX
 
@@ -83,6 +90,9 @@ def _pip_environment_impl(rctx):
         fail("mlenv: the %s lock %s does not exist; create it with `tools/bazel run //third_party/pip:lock`." % (variant, lock_label))
 
     python = _interpreter(rctx)
+    aliases = []  # replace_packages: @pypi//onnxruntime names onnxruntime-gpu where that variant locks it instead
+    for name, requirement in sorted(variants[variant].get("replace_packages", {}).items()):
+        aliases += ["--alias", "%s=%s" % (name, _replacement_name(requirement))]
     find_links = []
     for link in variants[variant].get("find_links", []):
         find_links += ["--find-links", link]
@@ -105,7 +115,7 @@ def _pip_environment_impl(rctx):
             python,
             "--default-index",
             _index(rctx),
-        ] + find_links,
+        ] + find_links + aliases,
         timeout = 3600,
         quiet = False,
     )
@@ -118,7 +128,8 @@ pip_environment = repository_rule(
     doc = """Installs the lock of the selected accelerator variant into one flat site-packages tree.
 
 Exposes `@<name>//:env` (the whole tree) and `@<name>//<dist>` per locked distribution, e.g.
-`@pypi//torch`, `@pypi//grpcio_tools` (names normalized to lower case with '_').
+`@pypi//torch`, `@pypi//grpcio_tools` (names normalized to lower case with '_'); a package the variant
+replaces (`replace_packages`) keeps its name as an alias of its replacement.
 The variant comes from $MLENV_ACCELERATOR (set by `--config=cuda` in .bazelrc); the default is in
 //toolchains:accelerators.json.""",
     attrs = {
