@@ -106,3 +106,29 @@ def test_onnx_runtime_is_told_not_to_send_telemetry_before_it_loads():
     out = subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), "-c", code], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["0", "True"], out.stderr[-2000:]
+
+
+FELL_BACK = """
+import sys
+import onnxruntime as ort
+from ml.serving.runtimes import Device, LoadError, onnx
+if "CUDAExecutionProvider" not in ort.get_available_providers():  # the CPU build: say CUDA exists, as -gpu does
+    ort.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+try:
+    onnx.load(open(sys.argv[1], "rb").read(), "onnx", Device("cuda", 0), threads=1)
+except LoadError as exc:
+    print(exc)
+"""
+
+
+def test_a_session_that_fell_back_to_the_cpu_is_refused_when_cuda_was_asked(onnx_bundle):
+    """ONNX Runtime only warns when its CUDA provider cannot start and runs on the CPU: --device cuda must
+    fail at load instead. Both builds fall back here: the CPU one (told CUDA exists) and onnxruntime-gpu with
+    every GPU hidden (CUDA_VISIBLE_DEVICES empty)."""
+    [model] = list(onnx_bundle.glob("**/*.onnx"))
+    proc = subprocess.run([sys.executable, *(["-S"] if sys.flags.no_site else []), "-c", FELL_BACK, str(model)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "--device cuda:0: onnxruntime" in proc.stdout, proc.stdout + proc.stderr
+    assert "could not start its CUDA execution provider and fell back to CPUExecutionProvider" in proc.stdout
+    assert "toolchains.cuda.gate" in proc.stdout

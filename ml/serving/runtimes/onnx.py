@@ -5,6 +5,12 @@ share the session's intra-op thread pool, so N instances would not use N x threa
 builds its own session when it starts (`instance()`; the first one takes the session built at load, which
 the golden check ran); calls from other threads use that first session too. Every session reads the same verified bytes.
 
+On cuda (the CUDA lock's onnxruntime-gpu, built for CUDA 13 like its torch: docs/gpu.md), the CUDA libraries
+come from the environment's nvidia-* wheels, loaded by onnxruntime's own preload_dlls (this runtime does not
+import torch, which would otherwise load them). ONNX Runtime falls back to the CPU, with only a warning, when
+its CUDA provider cannot start (a missing library, no driver): a session that did is refused at load, so a
+server asked for cuda never serves on the CPU in silence.
+
 On cuda, IO binding feeds the inputs from host memory and binds the outputs to host memory, so ONNX Runtime
 copies each once, with no extra staging copy through a device buffer we would then copy back.
 """
@@ -12,6 +18,7 @@ copies each once, with no extra staging copy through a device buffer we would th
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 
@@ -37,7 +44,24 @@ def providers(device: Device) -> list:
         raise ValueError(f"--device {device}: onnxruntime {ort.__version__} has no CUDAExecutionProvider (it has "
                          f"{', '.join(available)}): this is the CPU build; serve ONNX on --device cpu, or serve "
                          f"the bundle's TorchScript artifact on the GPU (--runtime torchscript)")
-    return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+
+
+_preload_report: str | None = None
+
+
+def _preload_cuda_libraries() -> str:
+    """Loads the CUDA and cuDNN libraries the CUDA provider links (libcudart.so.13, libcublasLt.so.13, ...)
+    from the nvidia-* wheels beside onnxruntime, once; returns what onnxruntime reported (it prints each
+    library it could not load), for the error a session without its CUDA provider raises."""
+    global _preload_report
+    if _preload_report is None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls(directory="")  # "": the nvidia site packages, then the default search path
+        _preload_report = out.getvalue().strip()
+    return _preload_report
 
 
 class OnnxModel:
@@ -47,6 +71,7 @@ class OnnxModel:
     def __init__(self, data: bytes, device: Device, threads: int | None) -> None:
         self.device, self._data, self._threads = device, data, threads
         self._providers = providers(device)
+        self._preload = _preload_cuda_libraries() if device.type == "cuda" else ""
         self._local = threading.local()
         self._first_taken = threading.Lock()  # the first instance serves with self.module, the others build theirs
         self.module = self._session()  # the first session: checks the model loads, serves other threads
@@ -63,7 +88,14 @@ class OnnxModel:
         if threads == 1:
             # One thread: no pool to keep spinning between runs, which would only burn a core of the machine.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(self._data, sess_options=options, providers=self._providers)
+        session = ort.InferenceSession(self._data, sess_options=options, providers=self._providers)
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            why = f" onnxruntime said: {self._preload}." if self._preload else ""
+            raise LoadError(f"--device {self.device}: onnxruntime {ort.__version__} could not start its CUDA "
+                            f"execution provider and fell back to {', '.join(session.get_providers())}.{why} Check "
+                            f"the driver and the CUDA lock's install with `python -m toolchains.cuda.gate`, or serve "
+                            f"on --device cpu")
+        return session
 
     def follow_signature(self, signature: dict) -> None:
         """Feed and fetch by bundle.json's names, in its order (requests arrive in signature order, which
