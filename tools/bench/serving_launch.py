@@ -104,13 +104,47 @@ def start_ours(args, workdir: Path, runtime: str) -> tuple[subprocess.Popen, int
         raise
 
 
+# What kserve_model.py imports from the venv: a venv left without one of them (an install cut short, a pip that
+# removed grpcio while upgrading) once reached the benchmark and failed there, mid-run.
+KSERVE_IMPORTS = ("kserve", "grpc", "torch", "numpy", "uvicorn")
+
+
+def venv_import_problem(python: Path, modules: tuple[str, ...] | None = None) -> str | None:
+    """None when `python` imports every module (default KSERVE_IMPORTS); else what failed (the ImportError,
+    or why it did not run)."""
+    modules = KSERVE_IMPORTS if modules is None else modules
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    try:
+        proc = subprocess.run([str(python), "-c", code, *modules], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{python} did not run: {exc}"
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return lines[-1] if lines else f"{python} exited {proc.returncode}"
+    return None
+
+
 def ensure_kserve_venv(venv: Path, spec: str, torch_spec: str) -> tuple[Path, str]:
-    """Creates (once) the kserve virtualenv; returns its python and the installed kserve version."""
+    """Creates (once) the kserve virtualenv; returns its python and the installed kserve version. A cached venv
+    is used only if it still imports what kserve_model.py needs; a broken one is rebuilt from scratch."""
     python = venv / "bin" / "python"
     marker = venv / ".mlenv-bench"
     want = f"{spec} {torch_spec}"
     if python.exists() and marker.exists() and marker.read_text().splitlines()[0] == want:
-        return python, marker.read_text().splitlines()[1]
+        problem = venv_import_problem(python)
+        if problem is None:
+            return python, marker.read_text().splitlines()[1]
+        print(f"serving_load: the cached {venv} is broken ({problem}); rebuilding it", file=sys.stderr, flush=True)
+    if venv.exists():
+        if not (venv / "pyvenv.cfg").exists() and any(venv.iterdir()):
+            raise Fail(f"--kserve-venv {venv} exists and is not a virtualenv; remove it or choose another folder")
+        shutil.rmtree(venv)  # a stale or half-built venv: pip would otherwise keep what it left behind
+    return build_kserve_venv(venv, spec, torch_spec)
+
+
+def build_kserve_venv(venv: Path, spec: str, torch_spec: str) -> tuple[Path, str]:
+    """A new virtualenv at `venv` with kserve and torch, checked to import what kserve_model.py needs."""
+    python, marker, want = venv / "bin" / "python", venv / ".mlenv-bench", f"{spec} {torch_spec}"
     print(f"serving_load: setting up {venv} ({want}); done once, then cached", file=sys.stderr, flush=True)
     errors = []
     for base in dict.fromkeys([sys.executable, shutil.which("python3") or sys.executable]):
@@ -124,6 +158,10 @@ def ensure_kserve_venv(venv: Path, spec: str, torch_spec: str) -> tuple[Path, st
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise Fail(f"`pip install {spec} {torch_spec}` failed in {venv}:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+    problem = venv_import_problem(python)
+    if problem is not None:
+        raise Fail(f"`pip install {spec} {torch_spec}` succeeded in {venv} but it cannot import what the KServe side "
+                   f"needs ({', '.join(KSERVE_IMPORTS)}): {problem}; remove {venv} and run again")
     proc = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('kserve'))"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
