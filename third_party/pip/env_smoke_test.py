@@ -46,3 +46,32 @@ def test_nothing_comes_from_the_host_site_packages():
     assert not [p for p in sys.path if p.endswith("site-packages") and "/pypi/" not in p], sys.path
     for module in (torch, numpy):
         assert "/pypi/site-packages/" in module.__file__, module.__file__
+
+
+def test_byte_code_is_path_free_yet_source_lookup_finds_the_real_files():
+    """install_env.py compiles the tree's .pyc with a relative file name (no output-base path, so checkouts at
+    different paths share cache entries); importing them, Python points every code object at the real source,
+    so tracebacks, inspect and TorchScript (which scripts torch.nn modules from their source) keep working."""
+    import importlib.util
+    import inspect
+    import traceback
+
+    import torch
+    from torch.nn.modules import linear
+
+    cached = Path(importlib.util.cache_from_source(linear.__file__))
+    compiled = cached.read_bytes()
+    assert b"site-packages/torch/nn/modules/linear.py" in compiled
+    assert str(Path(linear.__file__).resolve().parent).encode() not in compiled
+    assert b"/external/pypi/" not in compiled
+    assert linear.Linear.forward.__code__.co_filename == linear.__file__
+    assert Path(linear.__file__).is_file()
+    assert "return F.linear(input, self.weight, self.bias)" in inspect.getsource(linear.Linear.forward)
+    scripted = torch.jit.script(torch.nn.Linear(3, 2))
+    assert scripted(torch.ones(1, 3)).shape == (1, 2)
+    try:
+        torch.nn.Linear(3, 2)(torch.ones(1, 4))
+    except RuntimeError as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+    [frame] = [f for f in frames if f.name == "forward" and f.filename.endswith("torch/nn/modules/linear.py")]
+    assert frame.filename == linear.__file__ and "F.linear" in frame.line, frame

@@ -79,6 +79,39 @@ def test_a_replaced_package_keeps_its_label_as_an_alias(tmp_path, wheels):
     assert not (repo / "manifest.json").exists()
 
 
+def test_two_installs_at_different_paths_are_identical_and_tracebacks_show_the_real_source(tmp_path):
+    """Checkouts at different paths must produce the same tree, byte for byte (a shared remote cache keys
+    actions on it), while code from the tree still names its real file in tracebacks and inspect."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    wheel = make_wheel(folder, "alpha", "1.0", source="def fail():\n    raise ValueError('from alpha')\n")
+    lock = f"--find-links {folder}\n\nalpha==1.0 \\\n    --hash=sha256:{sha256(wheel)}\n"
+    repos = []
+    for sub in ("one", "two/deeper/checkout"):
+        (tmp_path / sub).mkdir(parents=True)
+        proc, repo = run_installer(tmp_path / sub, lock)
+        assert proc.returncode == 0, proc.stderr
+        repos.append(repo)
+
+    def tree(repo):
+        return {p.relative_to(repo): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+    one, two = tree(repos[0]), tree(repos[1])
+    assert one.keys() == two.keys()
+    assert [p for p in one if one[p] != two[p]] == []
+    pyc = [p for p in one if p.suffix == ".pyc"]
+    assert pyc and not [p for p in pyc if str(tmp_path).encode() in one[p]]
+    assert b"site-packages/alpha/__init__.py" in one[pyc[0]]
+
+    site = repos[1] / "site-packages"
+    probe = ("import inspect, sys, traceback\nsys.path.insert(0, sys.argv[1])\nimport alpha\n"
+             "print(alpha.__cached__ is not None, alpha.fail.__code__.co_filename)\n"
+             "print(inspect.getsource(alpha.fail).splitlines()[0])\nalpha.fail()\n")
+    proc = subprocess.run([PYTHON, "-S", "-c", probe, str(site)], capture_output=True, text=True, timeout=60)
+    source = site / "alpha" / "__init__.py"
+    assert proc.stdout.splitlines() == [f"True {source}", "def fail():"], proc.stdout + proc.stderr
+    assert f'File "{source}", line 3, in fail' in proc.stderr and "raise ValueError('from alpha')" in proc.stderr
+
+
 def test_tampered_hash_fails_naming_the_file_and_installs_nothing(tmp_path, wheels):
     proc, repo = run_installer(tmp_path, lock_for(wheels, beta_hash="0" * 64))
     assert proc.returncode == 1

@@ -6,10 +6,11 @@ import zipfile
 from pathlib import Path
 
 
-def make_wheel(folder: Path, name: str, version: str, requires=()) -> Path:
+def make_wheel(folder: Path, name: str, version: str, requires=(), source: str = "") -> Path:
+    """`source`: more code for the package's __init__.py, after `VERSION = ...`."""
     dist_info = f"{name}-{version}.dist-info"
     files = {
-        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{name}/__init__.py": f"VERSION = {version!r}\n{source}",
         f"{dist_info}/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: %s\n%s" % (
             name, version, "".join(f"Requires-Dist: {r}\n" for r in requires)),
         f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: mlenv-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",

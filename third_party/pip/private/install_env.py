@@ -34,7 +34,8 @@ from pathlib import Path
 DEFAULT_INDEX = "https://pypi.org/simple"
 # Part of lock_digest.txt, the file Bazel tracks in place of the untracked site-packages folder: bump it
 # whenever this installer changes what the tree holds (2: unchecked-hash byte code), so every consumer reruns.
-TREE_FORMAT = 2
+TREE_FORMAT = 3  # 3: byte code names its source relative to PYC_PREFIX, not the install path
+PYC_PREFIX = "site-packages"
 
 
 class LockError(Exception):
@@ -289,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Wheel folders are machine-specific, so locks do not name them: the variant's come from its config.
     lock.find_links.extend(link for link in args.find_links if link not in lock.find_links)
-    digest = "sha256:" + hashlib.sha256(f"{TREE_FORMAT}\n{args.variant}\n{args.python}\n{text}".encode()).hexdigest()
+    # The interpreter by content, not path: a path under one output base would make the digest (an input of
+    # every action on the environment) differ between checkouts of the same tree.
+    interpreter = hashlib.sha256(Path(args.python).resolve().read_bytes()).hexdigest()
+    digest = "sha256:" + hashlib.sha256(f"{TREE_FORMAT}\n{args.variant}\n{interpreter}\n{text}".encode()).hexdigest()
 
     sanitized = args.repo / "requirements.pinned.txt"
     sanitized.write_text("".join(
@@ -316,11 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     # Byte code, compiled once so tests never write .pyc files into the shared tree. uv would write
     # timestamp-based .pyc (install time in every header), making two installs of one lock differ in ~18k
     # files: every action that takes the environment as input would then miss a shared remote cache.
-    # Unchecked-hash .pyc depend only on the source and its path, so machines that check out at the same
-    # path (a CI fleet) produce identical trees. A fixed seed keeps compile order effects out.
-    log("compiling byte code (unchecked-hash)")
+    # Unchecked-hash .pyc depend only on the source and the file name compiled into them; that name is
+    # written relative (`site-packages/torch/nn/...`, compileall's stripdir/prependdir), never this output
+    # base's absolute path, so checkouts at any path produce identical trees. Tracebacks, `inspect` and
+    # TorchScript still see the real path: importing from a .pyc whose source exists, Python rewrites every
+    # code object's co_filename to the source it found (importlib's _fix_co_filename). install_env_test
+    # checks both. A fixed hash seed keeps compile order effects out.
+    log("compiling byte code (unchecked-hash, path-free)")
     proc = subprocess.run([args.python, "-S", "-m", "compileall", "-q", "-j0", "--invalidation-mode", "unchecked-hash",
-                           str(site)], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+                           "-s", str(site), "-p", PYC_PREFIX, str(site)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     if proc.returncode not in (0, 1):  # 1: some file did not compile (e.g. py2 templates in a package); fine
         print(f"mlenv/pip: compiling byte code failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}", file=sys.stderr)
         return 1
