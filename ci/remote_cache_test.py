@@ -4,8 +4,15 @@ A genrule whose output is different on every execution (it records the nanosecon
 `tools/bazel --config=remote-cache` and MLENV_REMOTE_CACHE; a second build in a clean output base must be a
 remote cache hit and produce the same bytes, i.e. it did not run locally. The same through .bazelrc.user,
 and a missing URL stops with the fix.
+
+Across checkout paths: two copies of a workspace with our WORKSPACE, toolchains and @pypi (a tiny lock over
+local wheels), at different paths and so with different output bases. A genrule that runs a py_binary on the
+environment (every file of @pypi, its byte code, the interpreter stub are action inputs) is built in the
+first, then must be a remote cache hit in the second: any input that embeds the checkout or output-base path
+(the byte code's file names once did) makes it miss and this test fail.
 """
 
+import hashlib
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +21,9 @@ import pytest
 
 from tools.testing.bazel_workspace import SampleWorkspace, find_bazel
 from tools.testing.http_cache import MISSING_NGINX, NginxCache, find_nginx
+from tools.testing.wheels import make_wheel
+
+WRAPPER = (".bazelrc", ".bazelversion", "ci/bazelrc", "tools/bazel", "tools/workspace_status.sh")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +37,7 @@ def cache_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     ws = SampleWorkspace.create(tmp_path_factory.mktemp("remote") / "ws")
-    for rel in (".bazelrc", ".bazelversion", "ci/bazelrc", "tools/bazel", "tools/workspace_status.sh"):
+    for rel in WRAPPER:
         (ws.root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(rel, ws.root / rel)  # keeps the executable bits
     ws.write("BUILD.bazel", 'genrule(\n    name = "stamp",\n    outs = ["stamp.txt"],\n'
@@ -38,7 +48,8 @@ def sample(tmp_path_factory):
 
 
 def build(ws, env):
-    result = ws.bazel("build", "--config=remote-cache", "//:stamp", env={"BAZEL_REAL": find_bazel(), **env})
+    result = ws.bazel("build", "--config=remote-cache", "//:stamp", env={"BAZEL_REAL": find_bazel(), **env},
+                      timeout=900)
     processes = [line for line in result.stderr.splitlines() if " processes: " in line or " process: " in line]
     return result, processes[-1] if processes else "", ws.root
 
@@ -81,3 +92,44 @@ def test_missing_url_is_a_clear_error(sample):
     result, _, _ = build(sample, {})
     assert result.returncode != 0
     assert "MLENV_REMOTE_CACHE" in result.stderr and ".bazelrc.user" in result.stderr, result.stderr
+
+
+def env_sample(root: Path, wheels: Path, lock: str) -> SampleWorkspace:
+    """A workspace with our WORKSPACE, toolchains and @pypi (installing `lock`), and //:stamp: a genrule
+    whose tool is a py_binary on that environment, with the clock in its output (a hit is told by its bytes)."""
+    ws = SampleWorkspace.create(root)
+    for rel in (*WRAPPER, "WORKSPACE", "toolchains", "third_party/pip", "third_party/debian", "tools/lint"):
+        ws.copy_in(rel)
+    shutil.rmtree(ws.root / "toolchains/python/interpreter_test.py", ignore_errors=True)
+    ws.write("third_party/pip/requirements_lock_cpu.txt", lock)
+    ws.write("uses_alpha.py", "import alpha\nprint(alpha.greet())\n")
+    ws.write("BUILD.bazel", 'py_binary(name = "uses_alpha", srcs = ["uses_alpha.py"], deps = ["@pypi//alpha"])\n'
+                            'genrule(\n    name = "stamp",\n    outs = ["stamp.txt"],\n    tools = [":uses_alpha"],\n'
+                            '    cmd = "$(location :uses_alpha) > $@ && date +%s%N >> $@",\n)\n')
+    return replace(ws, bazel_binary=str(ws.root / "tools/bazel"))
+
+
+def test_a_checkout_at_another_path_is_served_from_the_cache(tmp_path, cache_url):
+    wheels = tmp_path / "wheels"  # one folder for both, like a machine's /opt/wheels: the lock names it
+    wheels.mkdir()
+    alpha = make_wheel(wheels, "alpha", "1.0", source="def greet():\n    return 'hello from alpha'\n")
+    lock = (f"--index-url https://pypi.invalid/simple\n--find-links {wheels}\n\n"
+            f"alpha==1.0 \\\n    --hash=sha256:{hashlib.sha256(alpha.read_bytes()).hexdigest()}\n")
+    first = env_sample(tmp_path / "agent-1" / "ws", wheels, lock)
+    second = env_sample(tmp_path / "agent-22" / "build" / "checkout", wheels, lock)
+    try:
+        result, processes, _ = build(first, {"MLENV_REMOTE_CACHE": cache_url})
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert "remote cache hit" not in processes, processes
+        produced = output(first)
+        assert produced.startswith(b"hello from alpha\n"), produced
+
+        result, processes, _ = build(second, {"MLENV_REMOTE_CACHE": cache_url})
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert "1 remote cache hit" in processes and "linux-sandbox" not in processes, (
+            f"the genrule on @pypi ran again at another checkout path ({processes}): one of its inputs depends "
+            f"on the path; diff the two builds' --execution_log_json_file (tools/bench/cross_path_cache.py)")
+        assert output(second) == produced
+    finally:
+        first.shutdown()
+        second.shutdown()
