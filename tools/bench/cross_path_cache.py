@@ -8,6 +8,7 @@ warm build ran itself, the inputs whose digests differ from the cold build (from
 --execution_log_json_file): that is how path-dependent inputs are found.
 
     python3 tools/bench/cross_path_cache.py [--targets //ml/homefeed:bundle ...] [--keep DIR]
+    tools/bazel run //tools/bench:cross_path_cache -- [...]     (the same)
 
 The uv cache is shared, so each clone installs @pypi from it (a repository rule: never served remotely).
 Commit first: the clones hold HEAD, not the working tree.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+# The checkout to clone: the workspace under `tools/bazel run`, else the one this file is in.
+ROOT = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY") or Path(__file__).resolve().parents[2])
 sys.path.insert(0, str(ROOT))
 
 from tools.bench.presubmit_bench import count, explain_misses, spawns  # noqa: E402
@@ -79,7 +80,7 @@ def main() -> int:
         misses = explain_misses(logs["cold"], logs["warm"])
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
-            for name, log in logs.items():
+            for log in logs.values():
                 shutil.copy(log, args.keep / log.name)
     finally:
         for name, clone in clones.items():
@@ -90,7 +91,7 @@ def main() -> int:
 
     (cold_s, cold_n, _, cold_p), (warm_s, warm_n, warm_hits, warm_p) = results["cold"], results["warm"]
     rate = warm_hits / warm_n if warm_n else 0.0
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"`python3 tools/bench/cross_path_cache.py` at {head}, {when}; load average {load_before[0]:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after. Targets: `{' '.join(args.targets)}`. Clones at "
