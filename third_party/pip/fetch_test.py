@@ -62,3 +62,27 @@ def test_tampered_hash_fails_the_fetch_naming_the_file(sample):
     assert "0" * 64 in err and actual in err
     assert "//third_party/pip:requirements_lock_cpu.txt" in err
     assert "tools/bazel run //third_party/pip:lock" in err
+
+
+def test_a_replaced_package_keeps_its_label(sample):
+    """replace_packages (the CUDA variant's onnxruntime -> onnxruntime-gpu): pip_repository.bzl passes each
+    replacement's name to the installer, and @pypi//<replaced> is an alias of the installed replacement."""
+    import json
+
+    good = hashlib.sha256(sample.beta.read_bytes()).hexdigest()
+    sample.write("third_party/pip/requirements_lock_cpu.txt", lock_text(sample.wheels, sample.alpha, good))
+    config_path = sample.root / "toolchains/accelerators.json"
+    original = config_path.read_text()
+    config = json.loads(original)
+    config["variants"]["cpu"]["replace_packages"] = {"gamma": "beta[extra]==2.0"}
+    config_path.write_text(json.dumps(config))
+    try:
+        sample.write("BUILD.bazel", 'py_binary(name = "uses_gamma", srcs = ["uses_gamma.py"], deps = ["@pypi//gamma"])\n')
+        sample.write("uses_gamma.py", "import beta\nprint('beta', beta.VERSION)\n")
+        result = sample.bazel("run", "//:uses_gamma")
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert "beta 2.0" in result.stdout
+        query = sample.bazel("query", "--output=build", "@pypi//gamma")
+        assert 'actual = "@pypi//beta:beta"' in query.stdout, query.stdout + query.stderr
+    finally:
+        config_path.write_text(original)
