@@ -47,7 +47,7 @@ def main() -> int:
     output_base = Path(bazel("info", "output_base"))
     bin_dir = Path(bazel("info", "bazel-bin"))
     site = output_base / "external" / "pypi" / "site-packages"
-    python = (output_base / "external" / "mlenv_python" / "interpreter_path.txt").read_text().strip()
+    python = str(output_base / "external" / "mlenv_python" / "python3")  # the pinned interpreter's wrapper
     files_in_env = sum(len(files) for _, _, files in os.walk(site))
 
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}

@@ -86,7 +86,7 @@ def parse_pinned_requirement(text, label):
         line = line.split("#", 1)[0].strip()
         if not line or "==" not in line:
             continue
-        words = line.split()
+        words = [w for w in line.replace("\t", " ").split(" ") if w]
         name, version = words[0].split("==", 1)
         hashes = [w[len("--hash=sha256:"):] for w in words[1:] if w.startswith("--hash=sha256:")]
         if not hashes:
