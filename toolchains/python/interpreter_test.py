@@ -126,7 +126,7 @@ def mirror(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("interp")
-    ws = SampleWorkspace.create(root / "ws", copy={
+    ws = SampleWorkspace.create(root / "ws", reuse_interpreter=False, copy={
         "toolchains/python": "toolchains/python",
         "third_party/debian/packages.lock.json": "third_party/debian/packages.lock.json",
         "third_party/debian/private/deb_download.bzl": "third_party/debian/private/deb_download.bzl",
