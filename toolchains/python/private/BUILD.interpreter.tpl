@@ -11,10 +11,12 @@ exports_files([
     "version.txt",
 ])
 
-# The unpacked packages (empty for a host interpreter): inputs of every Python action and test.
+# The unpacked packages (a host interpreter has none), as ONE directory entry in each runfiles tree, like
+# @pypi//:env: a test gets one symlink instead of ~800. Bazel does not track a source directory's contents,
+# so packages.json (the pinned sha256 of every .deb unpacked there) is an input of every consumer too.
 filegroup(
     name = "files",
-    srcs = glob(["root/**"]),
+    srcs = {files},
 )
 
 # The .debs they were unpacked from (//toolchains/python:interpreter_test compares the bytes).

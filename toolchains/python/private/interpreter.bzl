@@ -209,6 +209,7 @@ def _python_interpreter_impl(rctx):
     rctx.file("origin.txt", origin)
     rctx.file("WORKSPACE", "workspace(name = \"%s\")\n" % rctx.name)
     rctx.template("BUILD.bazel", rctx.attr._build_tpl, {
+        "{files}": "[\"root\", \"packages.json\"]" if not explicit else "[\"packages.json\"]",
         "{origin}": origin.strip().split(" (")[0],
         "{repo}": rctx.name,
         "{version}": version,

@@ -62,6 +62,7 @@ def test_a_tarball_with_an_escaping_or_linked_member_is_refused_before_extractio
     import tarfile
 
     layout = _layout(tmp_path)
+    (layout / "manifest.json").write_text("[]")  # what `docker load` reads; the tarball has it
     tarball = tmp_path / "image.tar"
     with tarfile.open(tarball, "w") as tar:
         for child in sorted(layout.iterdir()):
