@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare")
 def rootfs(tmp_path_factory):
     root = tmp_path_factory.mktemp("rootfs")
     with tarfile.open(LAYER) as tar:
-        tar.extractall(root, numeric_owner=True, filter="fully_trusted")  # noqa: S202 - the layer this build made
+        tar.extractall(root, numeric_owner=True)  # noqa: S202 - the layer this build made
     return root
 
 

@@ -12,7 +12,7 @@ from third_party.pip.private import install_env
 from tools.testing.wheels import make_wheel
 
 UV = str(Path("../mlenv_uv/uv").resolve())
-PYTHON = Path("../mlenv_python/interpreter_path.txt").read_text().strip()
+PYTHON = str(Path("../mlenv_python/python3").absolute())  # the pinned interpreter's wrapper (sets its libraries)
 SCRIPT = str(Path("third_party/pip/private/install_env.py").resolve())
 OFFLINE_INDEX = "https://pypi.invalid/simple"  # never resolves: the tests use a local find-links folder only
 

@@ -8,7 +8,7 @@ Declares @mlenv_uv (the pinned uv) and @pypi (the environment of the selected ac
 
 load("//third_party/pip/private:pip_repository.bzl", "pip_environment", "uv_repository")
 
-def mlenv_pip_repositories(python = "@mlenv_python//:interpreter_path.txt"):
+def mlenv_pip_repositories(python = "@mlenv_python//:python3"):
     uv_repository(
         name = "mlenv_uv",
         python = python,

@@ -6,7 +6,8 @@ Prints a markdown table for docs/benchmarks.md. Measures, in one run on this mac
   3. `bazel test` of ten such tests, uncached, in the sandbox: wall time and runfiles entries per test
      (the environment must reach each test through ONE entry, not ~60k).
 
-usage: python3 tools/bench/env_startup.py [--repeats N]
+usage: $(tools/bazel info output_base)/external/mlenv_python/python3 tools/bench/env_startup.py [--repeats N]
+       [--peer-python /usr/bin/python3.11]
 """
 
 import argparse
@@ -41,17 +42,25 @@ def timed(cmd: list[str], repeats: int, **kwargs) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--peer-python", default="",
+                        help="another CPython 3.11 (e.g. the host's) to time `import torch` against, interleaved "
+                             "with the pinned one in this run")
     args = parser.parse_args()
 
     bazel("build", *TARGETS)
     output_base = Path(bazel("info", "output_base"))
     bin_dir = Path(bazel("info", "bazel-bin"))
     site = output_base / "external" / "pypi" / "site-packages"
-    python = (output_base / "external" / "mlenv_python" / "interpreter_path.txt").read_text().strip()
+    python = str(output_base / "external" / "mlenv_python" / "python3")  # the pinned interpreter's wrapper
     files_in_env = sum(len(files) for _, _, files in os.walk(site))
 
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     plain = timed([python, "-S", "-c", "import torch"], args.repeats, env=env)
+    if args.peer_python:  # interleaved, so both see the same machine load
+        pinned_runs, peer_runs = [], []
+        for _ in range(args.repeats):
+            pinned_runs += timed([python, "-S", "-c", "import torch"], 1, env=env)
+            peer_runs += timed([args.peer_python, "-S", "-c", "import torch"], 1, env=env)
     plain_pytest = timed([python, "-S", "-B", "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                           "tools/bench/import_torch_test.py"], args.repeats, env=env, cwd=ROOT)
     # The test binary with pytest replaced by a direct import: stub + runfiles + PYTHONPATH, no pytest.
@@ -70,6 +79,10 @@ def main() -> int:
     print(f"| files in the locked environment (site-packages) | {files_in_env:,} |")
     print(f"| runfiles entries of one torch test | {entries} |")
     print(f"| `import torch`, plain python, locked tree on PYTHONPATH (median of {args.repeats}) | {med_plain:.2f} s |")
+    if args.peer_python:
+        pinned_med, peer_med = statistics.median(pinned_runs), statistics.median(peer_runs)
+        print(f"| `import torch`: pinned interpreter / {args.peer_python} (interleaved, median of {args.repeats}) | "
+              f"{pinned_med:.2f} s / {peer_med:.2f} s = {pinned_med / peer_med:.2f}x |")
     print(f"| pytest collecting the torch test, outside Bazel (median of {args.repeats}) | {med_pytest:.2f} s |")
     print(f"| the same through the Bazel test binary: stub, runfiles, ml_py_test runner (median of {args.repeats}) | {med_bazel:.2f} s |")
     print(f"| ratio Bazel / outside, same work (goal <= 1.5x) | {med_bazel / med_pytest:.2f}x |")

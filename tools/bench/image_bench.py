@@ -349,7 +349,7 @@ class Podman:
 
 def locked_python() -> tuple[str, dict]:
     output_base = Path(bazel("info", "output_base"))
-    python = (output_base / "external" / "mlenv_python" / "interpreter_path.txt").read_text().strip()
+    python = str(output_base / "external" / "mlenv_python" / "python3")  # the pinned interpreter's wrapper
     site = output_base / "external" / "pypi" / "site-packages"
     return python, {"PYTHONPATH": f"{ROOT}:{site}", "PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
 

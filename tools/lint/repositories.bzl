@@ -9,6 +9,6 @@ versions and hashes live in //tools/lint:tool_pins.json. Fetched only when a lin
 
 load("//tools/lint/private:tools.bzl", "buildifier_repository", "ruff_repository")
 
-def mlenv_lint_repositories(python = "@mlenv_python//:interpreter_path.txt"):
+def mlenv_lint_repositories(python = "@mlenv_python//:python3"):
     buildifier_repository(name = "mlenv_buildifier")
     ruff_repository(name = "mlenv_ruff", python = python)

@@ -5,6 +5,7 @@
     result = ws.bazel("run", "//:bin")
     ws.shutdown()
 
+A sample reuses this build's @mlenv_python (the unpacked pinned interpreter) unless told otherwise.
 The sample gets the local stand-ins for @rules_cc/@rules_java/@remote_coverage_tools (from the test's
 runfiles, via //tools/testing:standins) and its own output root under the test's temp dir, so it never
 touches the outer build. Bazel is found like tools/bazel finds it: $BAZEL_REAL, then Debian's
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STANDINS = ("rules_cc", "rules_java", "remote_coverage_tools")
+# Commands that take --override_repository (build options); others (shutdown, clean, version) refuse it.
+BUILD_COMMANDS = ("build", "test", "run", "coverage", "query", "cquery", "aquery", "fetch", "sync", "info")
 WORKSPACE_HEADER = "".join(
     f'local_repository(name = "{name}", path = "third_party/bazel_standins/{name}")\n' for name in STANDINS)
 
@@ -41,9 +44,13 @@ class SampleWorkspace:
     root: Path
     output_root: Path
     bazel_binary: str
+    interpreter: Path | None = None
 
     @classmethod
-    def create(cls, root: Path, copy: dict[str, str] | None = None, workspace_name: str = "sample") -> SampleWorkspace:
+    def create(cls, root: Path, copy: dict[str, str] | None = None, workspace_name: str = "sample",
+               reuse_interpreter: bool = True) -> SampleWorkspace:
+        """reuse_interpreter: @mlenv_python is this build's (--override_repository), so a sample that declares
+        python_interpreter() downloads nothing; only the interpreter's own test fetches it for real."""
         root.mkdir(parents=True, exist_ok=True)
         runfiles = runfiles_root()
         for name in STANDINS:
@@ -57,7 +64,9 @@ class SampleWorkspace:
                 shutil.copyfile(source, root / dest)
         (root / "WORKSPACE").write_text(f'workspace(name = "{workspace_name}")\n' + WORKSPACE_HEADER)
         (root / ".bazelignore").write_text("third_party/bazel_standins\n")
-        return cls(root, root.parent / (root.name + "-output"), find_bazel())
+        interpreter = runfiles_root() / "mlenv_python" / "python3"
+        reused = interpreter.resolve().parent if reuse_interpreter and interpreter.exists() else None
+        return cls(root, root.parent / (root.name + "-output"), find_bazel(), reused)
 
     def copy_in(self, relative: str) -> None:
         """Copies a file or folder of this test's workspace (its runfiles) to the same place in the sample."""
@@ -80,6 +89,8 @@ class SampleWorkspace:
     def bazel(self, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "BAZEL_", "RUNFILES", "XML_"))}
         full_env.update(env or {})
+        if self.interpreter and args and args[0] in BUILD_COMMANDS:
+            args = (args[0], f"--override_repository=mlenv_python={self.interpreter}", *args[1:])
         return subprocess.run(
             [self.bazel_binary, f"--output_user_root={self.output_root}", *args],
             cwd=self.root, env=full_env, capture_output=True, text=True, timeout=timeout)

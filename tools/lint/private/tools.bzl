@@ -1,9 +1,11 @@
 """Repository rules for the pinned lint tools (versions and hashes: //tools/lint:tool_pins.json).
 
 `buildifier_repository` downloads the npm package @bazel/buildifier (which ships prebuilt binaries) from the
-npm registry; `ruff_repository` installs the ruff wheel from PyPI with the pinned interpreter's pip and
---require-hashes, like @mlenv_uv. Both expose one executable, `@<name>//:<tool>`.
+npm registry; `ruff_repository` unpacks the sha256-pinned ruff wheel from PyPI
+(//third_party/pip/private:wheel.bzl, like @mlenv_uv: no pip, no Python). Both expose one executable, `@<name>//:<tool>`.
 """
+
+load("//third_party/pip/private:wheel.bzl", "install_wheel")
 
 _NPM_ENV = "MLENV_NPM_REGISTRY_URL"
 _DEFAULT_NPM = "https://registry.npmjs.org"
@@ -69,39 +71,17 @@ def _ruff_repository_impl(rctx):
             pin["version"],
             _BUMP,
         ))
-    rctx.file("requirements.txt", "ruff==%s --hash=sha256:%s\n" % (pin["version"], sha256))
-    python = rctx.read(rctx.attr.python).strip()
-    result = rctx.execute(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "--isolated",  # the machine's pip.conf (caps, extra indexes) must not change what we install
-            "--disable-pip-version-check",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--require-hashes",
-            "--index-url",
-            rctx.os.environ.get(_INDEX_ENV, "") or _DEFAULT_INDEX,
-            "--target",
-            str(rctx.path("dist")),
-            "-r",
-            str(rctx.path("requirements.txt")),
-        ],
-        timeout = 600,
+    scripts = install_wheel(
+        rctx,
+        "ruff",
+        pin["version"],
+        [sha256],
+        [platform.split("-", 1)[-1]],
+        rctx.os.environ.get(_INDEX_ENV, "") or _DEFAULT_INDEX,
+        "dist",
+        "set %s; for a new version, %s" % (_INDEX_ENV, _BUMP),
     )
-    if result.return_code != 0:
-        fail("mlenv: could not install ruff %s (sha256 %s, from %s):\n%s\nBehind a mirror, set %s; for a new version, %s." % (
-            pin["version"],
-            sha256,
-            rctx.attr.pins,
-            result.stderr,
-            _INDEX_ENV,
-            _BUMP,
-        ))
-    rctx.symlink("dist/bin/ruff", "ruff")
+    rctx.symlink(scripts + "/ruff", "ruff")
     _exports(rctx, "ruff")
 
 ruff_repository = repository_rule(
@@ -109,7 +89,7 @@ ruff_repository = repository_rule(
     doc = "Installs the ruff wheel (sha256-pinned) from PyPI and exports `@<name>//:ruff`.",
     attrs = {
         "pins": attr.label(default = "//tools/lint:tool_pins.json", allow_single_file = True, doc = "versions and hashes of the lint tools"),
-        "python": attr.label(mandatory = True, allow_single_file = True, doc = "interpreter_path.txt of the pinned interpreter"),
+        "python": attr.label(allow_single_file = True, doc = "unused since the wheel is unpacked without a Python; kept so existing calls still load"),
     },
     environ = [_INDEX_ENV],
 )

@@ -488,7 +488,13 @@ def verify_tarball(tarball: Path, expect_digest: str | None = None) -> dict:
         for required in ("oci-layout", "index.json", "manifest.json"):
             if required not in names:
                 raise OciError(f"{tarball}: no {required}; not a tarball made by ml_image")
-        tar.extractall(tmp, filter="data")
+        # By hand, not extractall(filter="data"): the pinned interpreter (Debian's 3.11.2) predates
+        # extraction filters. An OCI layout tarball holds only relative files and folders.
+        for member in tar.getmembers():
+            if member.name.startswith("/") or ".." in Path(member.name).parts or not (member.isfile() or member.isdir()):
+                raise OciError(f"{tarball}: member {member.name!r} is not a plain relative file or folder; "
+                               "not a tarball made by ml_image")
+        tar.extractall(tmp)  # noqa: S202 - every member was checked above
         return verify_layout(Path(tmp), expect_digest)
 
 

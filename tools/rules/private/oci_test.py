@@ -54,3 +54,26 @@ def test_blob_path_refuses_what_it_cannot_name(tmp_path):
         oci.blob_path(tmp_path, "sha256:/abs")
     good = "sha256:" + "0" * 64
     assert oci.blob_path(tmp_path, good) == tmp_path / "blobs" / "sha256" / ("0" * 64)
+
+
+@pytest.mark.parametrize("name,kind", [("../escape", "file"), ("/abs", "file"), ("blobs/link", "symlink")])
+def test_a_tarball_with_an_escaping_or_linked_member_is_refused_before_extraction(tmp_path, name, kind):
+    import io
+    import tarfile
+
+    layout = _layout(tmp_path)
+    (layout / "manifest.json").write_text("[]")  # what `docker load` reads; the tarball has it
+    tarball = tmp_path / "image.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for child in sorted(layout.iterdir()):
+            tar.add(child, arcname=child.name)
+        info = tarfile.TarInfo(name)
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(oci.OciError, match=r"is not a plain relative file or folder"):
+        oci.verify_tarball(tarball)
+    assert not (tmp_path / "escape").exists()
