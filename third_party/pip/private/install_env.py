@@ -291,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     # Wheel folders are machine-specific, so locks do not name them: the variant's come from its config.
     lock.find_links.extend(link for link in args.find_links if link not in lock.find_links)
     # The interpreter by content, not path: a path under one output base would make the digest (an input of
-    # every action on the environment) differ between checkouts of the same tree.
-    interpreter = hashlib.sha256(Path(args.python).resolve().read_bytes()).hexdigest()
+    # every action on the environment) differ between checkouts of the same tree. Both the `python3` wrapper
+    # given (it sets the library path) and the binary it ran, which is this process's own interpreter.
+    interpreter = hashlib.sha256(Path(args.python).resolve().read_bytes()
+                                 + b"\0" + Path(sys.executable).resolve().read_bytes()).hexdigest()
     digest = "sha256:" + hashlib.sha256(f"{TREE_FORMAT}\n{args.variant}\n{interpreter}\n{text}".encode()).hexdigest()
 
     sanitized = args.repo / "requirements.pinned.txt"
