@@ -126,7 +126,6 @@ def sample(tmp_path_factory):
     git(ws.root, "add", "-A")
     git(ws.root, "commit", "-q", "-m", "base")
     ws.base = git(ws.root, "rev-parse", "HEAD")
-    ws.startup = [f"--output_user_root={ws.output_root}"]
     yield ws
     ws.shutdown()
 
