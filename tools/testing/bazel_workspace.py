@@ -71,6 +71,16 @@ def runfiles_root() -> Path:
     return Path.cwd().parent
 
 
+def runfiles_repo(name: str) -> Path:
+    """Repository `name` in this test's runfiles: under its name (WORKSPACE), or under its canonical name ending
+    in `~name` / `+name` (Bzlmod: a module extension's repository, e.g. `_main~mlenv~pypi`)."""
+    root = runfiles_root()
+    for candidate in (root / name, *sorted(root.glob(f"*~{name}")), *sorted(root.glob(f"*+{name}"))):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"repository @{name} is not in the runfiles at {root}; add a file of it to the test's data")
+
+
 @dataclass
 class SampleWorkspace:
     root: Path
@@ -80,12 +90,8 @@ class SampleWorkspace:
     @classmethod
     def create(cls, root: Path, copy: dict[str, str] | None = None, workspace_name: str = "sample") -> SampleWorkspace:
         root.mkdir(parents=True, exist_ok=True)
-        runfiles = runfiles_root()
         for name in STANDINS:
-            # `name` under WORKSPACE; under Bzlmod the module extension's canonical name ends in ~name or +name.
-            source = next(p for p in [runfiles / name, *runfiles.glob(f"*~{name}"), *runfiles.glob(f"*+{name}")]
-                          if p.is_dir())
-            shutil.copytree(source, root / "third_party/bazel_standins" / name, symlinks=False)
+            shutil.copytree(runfiles_repo(name), root / "third_party/bazel_standins" / name, symlinks=False)
         for dest, src in (copy or {}).items():
             source = Path.cwd() / src
             if source.is_dir():
