@@ -7,6 +7,7 @@ and a renamed one. Each case commits a base, changes the tree, and checks what i
 """
 
 import os
+import shlex
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -209,7 +210,7 @@ def test_dry_run_prints_exact_commands_with_gpu_and_images(tree, capsys):
         f"{bazel} test --config=ci //a:a_test //a:lib //b:b_test //d:d_test //gpu:gpu_test //img:image_repro_test",
         f"{bazel} test --config=ci --config=gpu //gpu:gpu_test",
     ]
-    assert would_run[0].startswith(BUILDIFIER + " -mode=check")
+    assert would_run[0].startswith(shlex.quote(BUILDIFIER) + " -mode=check")  # Bzlmod names hold a `~`
     assert "reproducibility tests (run in the cpu lane): //img:image_repro_test" in out
 
 
