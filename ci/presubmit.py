@@ -37,11 +37,17 @@ from tools.lint.lint import FIX_COMMAND, Linter
 BASE_FLAGS = ["--config=ci"]
 
 
+def _repo_dirs(root: Path, repo: str) -> list[Path]:
+    """Where repository `repo` sits in a runfiles root: under its name (WORKSPACE), or under its canonical name
+    ending in `~repo` / `+repo` (Bzlmod: a module extension's repository, e.g. `_main~mlenv~mlenv_ruff`)."""
+    return [root / repo, *sorted(root.glob(f"*~{repo}")), *sorted(root.glob(f"*+{repo}"))]
+
+
 def _runfiles_tool(repo: str, name: str) -> str:
     for root in (os.environ.get("RUNFILES_DIR", ""), str(Path(__file__).resolve().parent.parent.parent)):
-        candidate = Path(root) / repo / name
-        if root and candidate.exists():
-            return str(candidate)
+        for candidate in (_repo_dirs(Path(root), repo) if root else []):
+            if (candidate / name).exists():
+                return str(candidate / name)
     return str(Path.cwd().parent / repo / name)
 
 

@@ -7,6 +7,7 @@ and a renamed one. Each case commits a base, changes the tree, and checks what i
 """
 
 import os
+import shlex
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,10 +18,10 @@ from ci import presubmit
 from ci.private.bazel import Bazel
 from ci.private.changes import changed_files
 from ci.private.selection import Config, Selector
-from tools.testing.bazel_workspace import SampleWorkspace
+from tools.testing.bazel_workspace import SampleWorkspace, runfiles_repo
 
-RUNFILES = Path.cwd().parent
-TOOLS = ["--buildifier", str(RUNFILES / "mlenv_buildifier/buildifier"), "--ruff", str(RUNFILES / "mlenv_ruff/ruff")]
+BUILDIFIER = str(runfiles_repo("mlenv_buildifier") / "buildifier")
+TOOLS = ["--buildifier", BUILDIFIER, "--ruff", str(runfiles_repo("mlenv_ruff") / "ruff")]
 OK_SH = "#!/bin/sh\nexit 0\n"
 
 FILES = {
@@ -126,7 +127,6 @@ def sample(tmp_path_factory):
     git(ws.root, "add", "-A")
     git(ws.root, "commit", "-q", "-m", "base")
     ws.base = git(ws.root, "rev-parse", "HEAD")
-    ws.startup = [f"--output_user_root={ws.output_root}"]
     yield ws
     ws.shutdown()
 
@@ -210,7 +210,7 @@ def test_dry_run_prints_exact_commands_with_gpu_and_images(tree, capsys):
         f"{bazel} test --config=ci //a:a_test //a:lib //b:b_test //d:d_test //gpu:gpu_test //img:image_repro_test",
         f"{bazel} test --config=ci --config=gpu //gpu:gpu_test",
     ]
-    assert would_run[0].startswith(str(RUNFILES / "mlenv_buildifier/buildifier") + " -mode=check")
+    assert would_run[0].startswith(shlex.quote(BUILDIFIER) + " -mode=check")  # Bzlmod names hold a `~`
     assert "reproducibility tests (run in the cpu lane): //img:image_repro_test" in out
 
 

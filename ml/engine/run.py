@@ -75,14 +75,13 @@ def git_commit(folder: Path) -> str:
 
 def lock_digest() -> str:
     """The digest of the locked environment this process runs on (from @pypi's runfiles), or 'unknown'."""
-    candidates = []
-    if os.environ.get("RUNFILES_DIR"):
-        candidates.append(Path(os.environ["RUNFILES_DIR"]) / "pypi" / "lock_digest.txt")
-    candidates.append(Path(sys.argv[0] + ".runfiles") / "pypi" / "lock_digest.txt")
-    candidates.append(Path.cwd().parent / "pypi" / "lock_digest.txt")
-    for path in candidates:
-        if path.is_file():
-            return path.read_text().strip()
+    roots = [Path(os.environ["RUNFILES_DIR"])] if os.environ.get("RUNFILES_DIR") else []
+    roots += [Path(sys.argv[0] + ".runfiles"), Path.cwd().parent]
+    for root in roots:
+        # @pypi is `pypi` under WORKSPACE, `<prefix>~pypi` (or `+pypi`) under Bzlmod.
+        for path in [root / "pypi", *root.glob("*~pypi"), *root.glob("*+pypi")]:
+            if (path / "lock_digest.txt").is_file():
+                return (path / "lock_digest.txt").read_text().strip()
     return "unknown"
 
 

@@ -5,7 +5,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-MANIFEST = json.loads(Path("../pypi/manifest.json").read_text())
+# @pypi in the runfiles: `pypi` under WORKSPACE, `_main~mlenv~pypi` (or `+`) under Bzlmod.
+PYPI = next(p for p in (Path("../pypi"), *Path("..").glob("*~pypi"), *Path("..").glob("*+pypi")) if p.is_dir())
+MANIFEST = json.loads((PYPI / "manifest.json").read_text())
 
 
 def test_imports_and_works_together():
@@ -43,9 +45,9 @@ def test_nothing_comes_from_the_host_site_packages():
     import torch
 
     assert sys.flags.no_site, "the interpreter must run with -S (toolchains/python)"
-    assert not [p for p in sys.path if p.endswith("site-packages") and "/pypi/" not in p], sys.path
+    assert not [p for p in sys.path if p.endswith("site-packages") and not p.endswith("pypi/site-packages")], sys.path
     for module in (torch, numpy):
-        assert "/pypi/site-packages/" in module.__file__, module.__file__
+        assert "pypi/site-packages/" in module.__file__, module.__file__
 
 
 def test_byte_code_is_path_free_yet_source_lookup_finds_the_real_files():

@@ -144,9 +144,10 @@ def _arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
 def variant_of_environment() -> str:
     """The accelerator variant of the running environment: @pypi's manifest, else $MLENV_ACCELERATOR."""
     for base in filter(None, [os.environ.get("RUNFILES_DIR"), sys.argv[0] + ".runfiles", str(Path.cwd().parent)]):
-        manifest = Path(base) / "pypi" / "manifest.json"
-        if manifest.is_file():
-            return json.loads(manifest.read_text()).get("variant", "cpu")
+        # @pypi is `pypi` under WORKSPACE, `<prefix>~pypi` (or `+pypi`) under Bzlmod.
+        for repo in [Path(base) / "pypi", *Path(base).glob("*~pypi"), *Path(base).glob("*+pypi")]:
+            if (repo / "manifest.json").is_file():
+                return json.loads((repo / "manifest.json").read_text()).get("variant", "cpu")
     return os.environ.get("MLENV_ACCELERATOR", "cpu")
 
 

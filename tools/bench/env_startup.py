@@ -66,8 +66,9 @@ def main() -> int:
     # The test binary with pytest replaced by a direct import: stub + runfiles + PYTHONPATH, no pytest.
     binary = bin_dir / "tools/bench/import_torch_0"
     runfiles = Path(str(binary) + ".runfiles")
+    main = next(r for r in (runfiles / "mlenv", runfiles / "_main") if r.is_dir())  # WORKSPACE / Bzlmod name
     through_bazel = timed([str(binary), "--collect-only", "-q", "tools/bench/import_torch_test.py"], args.repeats,
-                          cwd=runfiles / "mlenv", env={"PATH": "/usr/bin:/bin", "RUNFILES_DIR": str(runfiles)})
+                          cwd=main, env={"PATH": "/usr/bin:/bin", "RUNFILES_DIR": str(runfiles)})
     entries = sum(len(d) + len(f) for _, d, f in os.walk(runfiles))
 
     start = time.perf_counter()

@@ -70,7 +70,8 @@ def main() -> int:
     opts = p.parse_args()
     # The launcher lies in this binary's runfiles (the main file's path, not resolved: runfiles are symlinks).
     here = os.path.abspath(__file__)
-    os.chdir(here[:here.index(".runfiles/") + len(".runfiles/")] + "mlenv")
+    # The main repository's runfiles folder: `mlenv` (WORKSPACE) or `_main` (Bzlmod).
+    os.chdir(here[:here.index(".runfiles/") + len(".runfiles/")] + here.split(".runfiles/", 1)[1].split("/", 1)[0])
     work = Path(tempfile.mkdtemp(prefix="launch-bench-"))
     results = {}
     results["local"] = timed_launch(["--on", "local", "--nproc-per-node", "2"], work / "local", opts.samples)

@@ -27,8 +27,9 @@ from pathlib import Path
 def _runfile(name: str) -> str:
     here = Path(os.path.abspath(__file__))  # <runfiles>/mlenv/tools/bench/toolbox_bench.py, links kept
     for base in (os.environ.get("RUNFILES_DIR"), str(here.parents[3])):
-        if base and Path(base, "mlenv", name).exists():
-            return str(Path(base, "mlenv", name))
+        for main in ("mlenv", "_main"):  # the main repository's runfiles folder: WORKSPACE / Bzlmod
+            if base and Path(base, main, name).exists():
+                return str(Path(base, main, name))
     raise SystemExit(f"toolbox_bench: {name} not found in the runfiles; run it with tools/bazel run")
 
 

@@ -15,11 +15,10 @@ projects' test targets (`bazel query tests(...)`), which builds exactly what tho
 """
 
 import shutil
-from pathlib import Path
 
 import pytest
 
-from tools.testing.bazel_workspace import SampleWorkspace
+from tools.testing.bazel_workspace import SampleWorkspace, runfiles_repo
 
 COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
         "third_party/debian", "ml/engine", "ml/serving", "tools/lint", "tools/new"]
@@ -38,7 +37,7 @@ def sample(tmp_path_factory):
         ws.copy_in(relative)
     shutil.rmtree(ws.root / "tools/rules/tests", ignore_errors=True)
     (ws.root / "ml").mkdir(exist_ok=True)
-    pypi = Path("../pypi/site-packages").resolve().parent  # this build's installed environment
+    pypi = (runfiles_repo("pypi") / "site-packages").resolve().parent  # this build's installed environment
     ws.write(".bazelrc.user", f"build --override_repository=pypi={pypi}\n")
     yield ws
     ws.shutdown()

@@ -10,7 +10,7 @@ locked site-packages at /opt/mlenv), app (the project's runfiles at /app/runfile
 the bundle at /models/<model>/<version>).
 """
 
-load("//tools/rules/private:labels.bzl", "label_str")
+load("//tools/rules/private:labels.bzl", "MAIN_REPO", "label_str", "repo_name")
 load(":providers.bzl", "ImageLayerInfo", "ModelBundleInfo")
 
 SITE_PACKAGES = "/opt/mlenv/site-packages"
@@ -93,10 +93,14 @@ every image of every project.
 
 # ------------------------------------------------------------------------------------------ app layer
 
-def _runfiles_dest(short_path, workspace_name):
+def _runfiles_dest(short_path):
+    """Where a runfile lands in the image: under each repository's WORKSPACE name (the main one: `mlenv`),
+    whatever Bazel calls it (Bzlmod: `_main`, `_main~mlenv~pypi`), so the layout and digest never depend on
+    the Bazel version or mode."""
     if short_path.startswith("../"):
-        return RUNFILES.lstrip("/") + "/" + short_path[3:]
-    return "%s/%s/%s" % (RUNFILES.lstrip("/"), workspace_name, short_path)
+        repo, rest = short_path[3:].split("/", 1)
+        return "%s/%s/%s" % (RUNFILES.lstrip("/"), repo_name(repo), rest)
+    return "%s/%s/%s" % (RUNFILES.lstrip("/"), MAIN_REPO, short_path)
 
 def _app_layer_impl(ctx):
     excluded = {}
@@ -115,17 +119,17 @@ def _app_layer_impl(ctx):
     for f in runfiles.files.to_list():
         if f.path in excluded or f.path in launchers:
             continue
-        repo = f.owner.workspace_name if f.owner else ""
+        repo = repo_name(f.owner.workspace_name) if f.owner else ""
         if repo in ctx.attr.skip_repos:
             continue  # the host interpreter wrapper: the image brings its own interpreter
         if repo == "pypi" and f.basename == "site-packages":
             continue  # the environment layer holds it
-        lines.append("%s\tfile\t%s" % (_runfiles_dest(f.short_path, ctx.workspace_name), f.path))
+        lines.append("%s\tfile\t%s" % (_runfiles_dest(f.short_path), f.path))
         inputs.append(f)
     for path in runfiles.empty_filenames.to_list():
-        lines.append("%s\tempty\t" % _runfiles_dest(path, ctx.workspace_name))
+        lines.append("%s\tempty\t" % _runfiles_dest(path))
     for entry in runfiles.symlinks.to_list():
-        lines.append("%s\tfile\t%s" % (_runfiles_dest(entry.path, ctx.workspace_name), entry.target_file.path))
+        lines.append("%s\tfile\t%s" % (_runfiles_dest(entry.path), entry.target_file.path))
         inputs.append(entry.target_file)
     lines.append("app/entrypoint.py\tfile\t%s" % ctx.file._entrypoint.path)
     inputs.append(ctx.file._entrypoint)
@@ -212,7 +216,7 @@ def _image_impl(ctx):
                     label_str(ctx.attr.binary.label),
                     ctx.label.name.replace("_image", ""),
                 ))
-        entrypoint = [PYTHON, "-S", "/app/entrypoint.py", "%s/%s" % (ctx.workspace_name, ctx.attr.main)]
+        entrypoint = [PYTHON, "-S", "/app/entrypoint.py", "%s/%s" % (MAIN_REPO, ctx.attr.main)]
     layers = [_layer_info(ctx, ctx.attr.base, "base")]
     for i, target in enumerate(ctx.attr.layers):
         layers.append(_layer_info(ctx, target, "layer%d" % (i + 1)))
@@ -387,7 +391,7 @@ def ml_image(
         exclude = [bundle] if bundle else [],
         tags = ["manual"],
     )
-    image_env = dict(IMAGE_ENV, PYTHONPATH = "%s/%s:%s" % (RUNFILES, "mlenv", SITE_PACKAGES), **env)
+    image_env = dict(IMAGE_ENV, PYTHONPATH = "%s/%s:%s" % (RUNFILES, MAIN_REPO, SITE_PACKAGES), **env)
     _image_targets(
         name = "train_image",
         binary = train,

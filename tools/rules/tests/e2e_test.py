@@ -12,11 +12,10 @@ of installing 3 GB again. It checks:
 
 import shutil
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from tools.testing.bazel_workspace import SampleWorkspace
+from tools.testing.bazel_workspace import SampleWorkspace, runfiles_repo
 
 COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
         "third_party/debian", "ml/engine", "tools/lint"]
@@ -69,7 +68,7 @@ def sample(tmp_path_factory):
                                       "    device = os.environ['MLENV_TEST_DEVICE']\n"
                                       "    assert torch.ones(1, device=device).device.type == device\n")
     ws.write("sample/train.py", "import sys\nfrom ml.engine.testing.toy import main\n\nsys.exit(main())\n")
-    pypi = Path("../pypi/site-packages").resolve().parent  # this build's installed environment
+    pypi = (runfiles_repo("pypi") / "site-packages").resolve().parent  # this build's installed environment
     ws.write(".bazelrc.user", f"build --override_repository=pypi={pypi}\n")
     yield ws
     ws.shutdown()

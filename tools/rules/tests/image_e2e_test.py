@@ -16,7 +16,7 @@ import pytest
 from ml.engine.export import export_model
 from ml.serving.testing import TinyRanker, example_inputs
 from tools.rules.private import oci
-from tools.testing.bazel_workspace import SampleWorkspace
+from tools.testing.bazel_workspace import SampleWorkspace, runfiles_repo
 
 COPY = ["WORKSPACE", ".bazelrc", "ci/bazelrc", "tools/workspace_status.sh", "tools/rules", "toolchains", "third_party/pip",
         "third_party/debian", "ml/serving", "ml/engine", "tools/lint"]
@@ -81,7 +81,7 @@ def make_sample(root: Path, export: Path) -> SampleWorkspace:
     shutil.copytree(export, ws.root / "sample/export")
     base = [oci.Entry("etc/os-release", "file", data=b"ID=tiny\n"), oci.Entry("usr/bin", "dir", mode=0o755)]
     oci.write_layer(base, ws.root / "sample/base.tar")
-    pypi = Path("../pypi/site-packages").resolve().parent
+    pypi = (runfiles_repo("pypi") / "site-packages").resolve().parent
     ws.write(".bazelrc.user", f"build --override_repository=pypi={pypi}\n")
     return ws
 
