@@ -34,6 +34,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no MLflow usage tel
 
 __all__ = ["WorkerSettings", "run_worker", "read_metrics", "LIVE_STATES"]
 
+# Set by a cluster backend (--on ray: the job's submission id) so each trial records which job ran it.
+JOB_ENV = "MLENV_SWEEP_JOB"
+
 # Why a trial ended FAIL; only "trainer" and "invalid" count toward --max-failures.
 REASON = "sweep_fail_reason"
 
@@ -59,6 +62,7 @@ class WorkerSettings:
     max_failures: int = 0  # 0: as many as trials
     trial_timeout_s: float = 3600.0
     poll_s: float = 0.5
+    trainer_command: list[str] | None = None  # instead of `trainer`: e.g. a train image's Entrypoint
 
 
 def read_metrics(log_path: Path, offset: int) -> tuple[list[dict], int, str | None]:
@@ -211,7 +215,8 @@ class Worker:
         trial.set_user_attr("run_id", None)
         trial.set_user_attr("set", sets)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
-        cmd = [self.s.trainer, *[x for s in sets for x in ("--set", s)], "--set", f"run_dir={run_dir}",
+        trial.set_user_attr("worker_job", os.environ.get(JOB_ENV))  # the Ray job (--on ray) or pod that ran it
+        cmd = [*(self.s.trainer_command or [self.s.trainer]), *[x for s in sets for x in ("--set", s)], "--set", f"run_dir={run_dir}",
                "--set", f"run_name={run_name}", "--set", f"experiment={self.study.study_name}"]
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = run_dir / "tracking.jsonl"
@@ -224,6 +229,7 @@ class Worker:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
                                     start_new_session=True)
         offset, run_id, last, pruned_at = 0, None, None, None
+        best, best_epoch = None, None  # objective best_epoch: the best evaluation so far and its (1-based) epoch
         reported: set[int] = set()
         started = time.monotonic()
         while True:
@@ -239,8 +245,12 @@ class Worker:
                 last = float(entry["metrics"][self.space.metric])
                 if entry["step"] in reported:
                     continue
-                trial.report(last, entry["step"])
                 reported.add(entry["step"])
+                if best is None or self.space.better(last, best):
+                    best, best_epoch = last, len(reported)
+                # best_epoch: the pruner sees the best value so far, so a trial that peaks early and then
+                # overfits is judged by its peak, which is what the study ranks it by.
+                trial.report(best if self.space.objective == "best_epoch" else last, entry["step"])
                 if rc is None and trial.should_prune():
                     pruned_at = entry["step"]
                     break
@@ -267,9 +277,14 @@ class Worker:
             self._drop(trial, "trainer", why)
             self._finish_child(run_id, None, {"mlenv.sweep.state": "FAIL"})
             return
+        value = last
+        if self.space.objective == "best_epoch":
+            value = best
+            trial.set_user_attr("best_epoch", best_epoch)
         self._finish_child(run_id, None, {"mlenv.sweep.state": "COMPLETE"})
-        self.study.tell(trial, last)
-        print(f"sweep[{self.s.worker_index}]: trial {trial.number} done: {self.space.metric} {last:.4f}",
+        self.study.tell(trial, value)
+        print(f"sweep[{self.s.worker_index}]: trial {trial.number} done: {self.space.metric} {value:.4f}"
+              + (f" (epoch {best_epoch}; last {last:.4f})" if self.space.objective == "best_epoch" else ""),
               file=sys.stderr, flush=True)
 
     @staticmethod
