@@ -134,6 +134,8 @@ def test_two_workers_on_a_local_ray_cluster(tmp_path):
             assert run.data.tags.get("mlenv.sweep.trial") == str(t.number)
         assert f"{TRIALS} finished trials" in proc.stdout, proc.stdout
     finally:
+        for rdb in _STORAGES.values():
+            rdb.engine.dispose()
         if isinstance(proc, subprocess.Popen) and proc.poll() is None:  # a failed check: stop the sweep's group
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -144,9 +146,14 @@ def test_two_workers_on_a_local_ray_cluster(tmp_path):
         server.__exit__(None, None, None)
 
 
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
 def _finished(storage: str) -> int:
+    """Finished trials in the study; one connection pool for all polls (not one per poll)."""
+    rdb = _STORAGES.setdefault(storage, optuna.storages.RDBStorage(storage))
     try:
-        study = optuna.load_study(study_name="toy-toy_space", storage=storage)
+        study = optuna.load_study(study_name="toy-toy_space", storage=rdb)
     except KeyError:
         return 0
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))

@@ -381,6 +381,7 @@ def ml_image(
         if key in IMAGE_ENV or key == "PYTHONPATH":
             fail("ml_image(%s): env may not override %s (the image layout depends on it)" % (name, key))
     repository = repository or "mlenv/" + native.package_name().rsplit("/", 1)[-1]
+
     # `tools`: other binaries whose code rides in the app layer (e.g. the project's :sweep, whose workers run
     # in the train image on Kubernetes); the images' Entrypoints stay train/serve.
     binaries = [train] + ([serve] if serve else []) + tools
