@@ -242,7 +242,7 @@ def test_best_epoch_objective_ranks_by_peak_and_retrains_to_it(tmp_path):
                        param_lr={"type": "float", "low": 0.05, "high": 0.3, "log": True})
     proc = run_sweep(tmp_path, "--trials", "2", "--no-plots", space=space)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    study = load(tmp_path)
+    study = load(tmp_path, "toy-space")
     for t in finished(study):
         log = Path(t.user_attrs["run_dir"]) / "tracking.jsonl"
         raw = [json.loads(line) for line in log.read_text().splitlines()]
