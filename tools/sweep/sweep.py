@@ -14,7 +14,8 @@ launcher can fan the workers out (docs/sweeps.md):
     --worker         run trials until the study holds --trials finished ones (any number of these at once)
     --report-only    trials table, best config (best.yaml, best_args.txt), plots logged to MLflow
 
-Without a phase flag it does all three, with --parallel N worker processes on this machine.
+Without a phase flag it does all three, the workers being --parallel N processes on this machine, N Ray
+jobs (--on ray: tools/sweep/ray_fanout.py) or one Indexed Job of N pods (--on k8s: tools/sweep/k8s.py).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="the search-space YAML (default: the one the :sweep target names)")
     p.add_argument("--trials", type=int, default=None, help="finished (complete or pruned) trials to reach "
                    "(default: 20)")
-    p.add_argument("--parallel", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--parallel", type=int, default=1, help="workers: processes on this machine (default 1), "
+                   "Ray jobs with --on ray, pods with --on k8s")
     p.add_argument("--storage", help="Optuna RDB storage URL (default sqlite:///<workspace>/.mlenv/sweeps.db), "
                    "e.g. postgresql+psycopg://user@host:5432/db; env:NAME reads it from variable NAME")
     p.add_argument("--study", help="study name (default: <project>-<space file stem>); also the MLflow experiment")
@@ -485,7 +487,8 @@ def _check_backend(args: argparse.Namespace) -> None:
         if args.dry_run:
             raise SweepError("--dry-run is for --on k8s; --on ray submits jobs (try --on ray --trials 1)")
         try:
-            args.address = ray_fanout.check_request(args.address, args.storage, _tracking_uri_env())
+            args.address = ray_fanout.check_request(args.address, args.storage,
+                                                    os.environ.get("MLFLOW_TRACKING_URI"))
         except ray_fanout.FanoutError as exc:
             raise SweepError(str(exc)) from None
     if args.on == "k8s" and args.address:
@@ -496,15 +499,17 @@ def _check_backend(args: argparse.Namespace) -> None:
                          "study and reports from it)")
 
 
-def _tracking_uri_env() -> str | None:
-    return os.environ.get("MLFLOW_TRACKING_URI")
-
-
 def _main(args: argparse.Namespace) -> int:
     if args.trials is None:
         args.trials = 20
     if args.trials < 1 or args.parallel < 1 or args.heartbeat < 1:
         raise SweepError("--trials, --parallel and --heartbeat must be >= 1")
+    if args.storage and args.storage.startswith("env:"):
+        name = args.storage[len("env:"):]
+        if not os.environ.get(name):
+            raise SweepError(f"--storage env:{name}: the variable {name} is not set (in a pod: check the Secret "
+                             "the Job's env refers to)")
+        args.storage = os.environ[name]
     _check_backend(args)
     if args.on == "ray":
         from tools.sweep import ray_fanout
@@ -530,12 +535,6 @@ def _main(args: argparse.Namespace) -> int:
         if not isinstance(command, list) or not command or not all(isinstance(x, str) for x in command):
             raise SweepError(f"--trainer-command {args.trainer_command!r}: expected a JSON list of strings")
         args.trainer_command = command
-    if args.storage and args.storage.startswith("env:"):
-        name = args.storage[len("env:"):]
-        if not os.environ.get(name):
-            raise SweepError(f"--storage env:{name}: the variable {name} is not set (in a pod: check the Secret "
-                             "the Job's env refers to)")
-        args.storage = os.environ[name]
     space = load_space(args.space)
     base_sets = _base_sets(space, args.sets)
     check_against_config(space, _config_class(args.config_class), base_sets)
