@@ -113,7 +113,7 @@ def test_two_workers_on_a_local_ray_cluster(tmp_path):
         assert len(set(keys)) == len(keys), f"duplicate parameter sets: {keys}"
         for t in trials:
             if t.state == TrialState.FAIL:  # dropped duplicates/surplus, or the trials the SIGTERM interrupted
-                assert t.user_attrs.get("sweep_fail_reason") in ("duplicate", "surplus", None), t.user_attrs
+                assert t.user_attrs.get("sweep_fail_reason") in ("duplicate", "surplus", "orphaned", None), t.user_attrs
 
         # Both runs' jobs ran on two nodes, and the finished trials were run on both of them.
         jobs = [json.loads(line) for line in (tmp_path / "sweep" / "ray_jobs.jsonl").read_text().splitlines()]

@@ -17,6 +17,7 @@ RDB storage. Guarantees, all enforced through the storage:
 from __future__ import annotations
 
 import ctypes
+import datetime
 import json
 import os
 import signal
@@ -36,6 +37,9 @@ __all__ = ["WorkerSettings", "run_worker", "read_metrics", "LIVE_STATES"]
 
 # Set by a cluster backend (--on ray: the job's submission id) so each trial records which job ran it.
 JOB_ENV = "MLENV_SWEEP_JOB"
+
+# How old a RUNNING trial without parameters must be before it counts as its dead worker's orphan.
+ORPHAN_GRACE_S = 30.0
 
 # Why a trial ended FAIL; only "trainer" and "invalid" count toward --max-failures.
 REASON = "sweep_fail_reason"
@@ -167,6 +171,7 @@ class Worker:
         interval = storage.get_heartbeat_interval() or 5
         while True:
             optuna.storages.fail_stale_trials(self.study)
+            self._fail_orphans(max(3 * interval, ORPHAN_GRACE_S))
             done, in_flight, failures = self._counts()
             if done >= self.s.trials:
                 return ran
@@ -198,6 +203,27 @@ class Worker:
             finally:
                 beat.stop()
             ran += 1
+
+    def _fail_orphans(self, grace_s: float) -> None:
+        """Fails RUNNING trials that never got parameters: their worker died between ask() and suggest (e.g. a
+        stopped Ray job), before any heartbeat, so Optuna never finds them stale and the study would wait on
+        them forever. A live worker suggests within milliseconds of ask(); `grace_s` is far longer."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        now = datetime.datetime.now()  # Optuna stamps datetime_start with the local naive time
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.params or "run_dir" in t.user_attrs or t.datetime_start is None:
+                continue
+            if (now - t.datetime_start).total_seconds() < grace_s:
+                continue
+            try:
+                self.study._storage.set_trial_user_attr(t._trial_id, REASON, "orphaned")
+                self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue  # another worker failed it first
+            print(f"sweep[{self.s.worker_index}]: trial {t.number} was started but never given parameters by a "
+                  "worker that died; marked failed", file=sys.stderr, flush=True)
 
     def _waiting(self) -> bool:
         from optuna.trial import TrialState
