@@ -6,6 +6,7 @@ Runs, one after the other on this machine, with ml/homefeed/sweep.yaml's budget 
   1. the default homefeed config (no tuned key changed) -> held-out click AUC;
   2. the sweep with the space file's pruner, N trials, parallel 1;
   3. the same sweep (same sampler seed) with pruner: none.
+(`--pruners` picks other pruners, `--objective` the trials' value: last or best_epoch, docs/sweeps.md)
 and prints a Markdown table: wall time, finished/pruned trials, best click AUC and the trial that reached it.
 It exists so those numbers come from a command anyone can rerun, not from a notebook.
 """
@@ -48,6 +49,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--out", help="folder for the studies and runs (default: a new temp folder)")
+    parser.add_argument("--objective", choices=("last", "best_epoch"),
+                        help="the sweeps' objective (default: the space file's; docs/sweeps.md)")
+    parser.add_argument("--pruners", default="",
+                        help="comma-separated pruners to run (default: the space file's, then none)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="change the space file's budget for every run (e.g. --set train_samples=20000)")
     args = parser.parse_args()
@@ -55,6 +60,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{out}/mlflow.db")
     space = yaml.safe_load(SPACE.read_text())
+    if args.objective:
+        space["objective"] = args.objective
 
     fixed = [x for k, v in space["fixed"].items() for x in ("--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}")]
     started = time.monotonic()
@@ -66,21 +73,29 @@ def main() -> int:
         sys.exit(f"default run failed:\n{proc.stderr[-4000:]}")
     default_wall = time.monotonic() - started
     default_auc = json.loads((default_dir / "metrics.json").read_text())["eval_metrics"]["click_auc"]
+    per_epoch = [json.loads(line)["metrics"]["eval/click_auc"] for line in
+                 (default_dir / "tracking.jsonl").read_text().splitlines()
+                 if '"eval/click_auc"' in line and json.loads(line).get("kind") == "metrics"]
 
     rows = []
-    for pruner in (space.get("pruner", "median"), "none"):
+    pruners = [p for p in args.pruners.split(",") if p] or [space.get("pruner", "median"), "none"]
+    for pruner in pruners:
         s = dict(space, pruner=pruner)
         r = _sweep(out, s, f"pruner-{pruner}", args.trials, env, args.sets)
         rows.append((f"sweep, pruner {pruner}", r))
 
     print(f"\nhomefeed, budget per run: {space['fixed']} + {args.sets}; {args.trials} trials, sampler {space['sampler']} "
-          f"seed {space['seed']}, 1 worker; results in {out}\n")
+          f"seed {space['seed']}, objective {space.get('objective', 'last')}, 1 worker; results in {out}\n"
+          f"default config, held-out click AUC after each epoch: {', '.join(f'{v:.4f}' for v in per_epoch)}\n")
     print("| run | wall time | trials finished (pruned) | best held-out click AUC | best trial |")
     print("|---|---|---|---|---|")
     print(f"| default config | {default_wall:.0f} s | 1 | {default_auc:.4f} | - |")
     for label, r in rows:
-        print(f"| {label} | {r['wall_s']:.0f} s | {r['finished']} ({r['pruned']}) | {r.get('best_value', float('nan')):.4f} | "
-              f"{r.get('best_trial', '-')} |")
+        epoch = f" (epoch {r['best_epoch']})" if r.get("best_epoch") else ""
+        print(f"| {label} | {r['wall_s']:.0f} s | {r['finished']} ({r['pruned']}) | {r.get('best_value', float('nan')):.4f}"
+              f"{epoch} | {r.get('best_trial', '-')} |")
+    for label, r in rows:
+        print(f"{label}: trials table {r.get('trials_csv')}")
     return 0
 
 

@@ -9,6 +9,7 @@ int field or a bound the config's `validate()` refuses fails here, naming the ke
     direction: maximize           # or minimize
     sampler: tpe                  # tpe (default) | random | cmaes
     pruner: median                # median (default) | hyperband | asha | none
+    objective: last               # last (default): the trial's final value | best_epoch: its best evaluation
     seed: 0                       # sampler seed (worker k uses seed + k)
     fixed:                        # trainer config keys every trial gets (--set key=value)
       epochs: 3
@@ -36,6 +37,8 @@ __all__ = ["Param", "Space", "SpaceError", "load_space", "check_against_config",
 RESERVED_KEYS = ("run_dir", "run_name", "experiment", "resume", "nproc")
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "asha", "none")
+# What a trial's value is: its last reported value, or its best one (the epoch the retrain then stops at).
+OBJECTIVES = ("last", "best_epoch")
 
 
 class SpaceError(ValueError):
@@ -77,11 +80,18 @@ class Space:
     fixed: dict[str, Any]
     params: tuple[Param, ...]
     pruner_options: dict[str, Any]
+    objective: str = "last"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when value `a` beats `b` in this space's direction."""
+        return a > b if self.direction == "maximize" else a < b
 
     def digest(self) -> str:
         """Identifies what the study optimises; a study resumed with another space is refused."""
         body = {"metric": self.metric, "direction": self.direction, "fixed": self.fixed,
                 "params": [dataclasses.asdict(p) for p in self.params]}
+        if self.objective != "last":  # studies made before `objective` existed keep their digest
+            body["objective"] = self.objective
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def make_sampler(self, worker_index: int) -> Any:
@@ -185,7 +195,8 @@ def load_space(path: Path) -> Space:
         raise SpaceError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping with metric, direction and params")
-    known = {"metric", "direction", "sampler", "pruner", "seed", "fixed", "params", "pruner_options", "study"}
+    known = {"metric", "direction", "sampler", "pruner", "seed", "fixed", "params", "pruner_options", "study",
+             "objective"}
     unknown = set(raw) - known
     if unknown:
         raise SpaceError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
@@ -202,6 +213,10 @@ def load_space(path: Path) -> Space:
     pruner = raw.get("pruner", "median")
     if pruner not in PRUNERS:
         raise SpaceError(f"{path}: pruner {pruner!r} is not one of {', '.join(PRUNERS)}")
+    objective = raw.get("objective", "last")
+    if objective not in OBJECTIVES:
+        raise SpaceError(f"{path}: objective {objective!r} is not one of {', '.join(OBJECTIVES)} (last: a trial's "
+                         "final value; best_epoch: its best evaluation, retrained with that many epochs)")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SpaceError(f"{path}: seed must be an integer, got {seed!r}")
@@ -220,7 +235,7 @@ def load_space(path: Path) -> Space:
     params = tuple(_param(path, str(name), spec) for name, spec in params_raw.items())
     return Space(path=path, metric=metric, direction=direction, sampler=sampler, pruner=pruner, seed=seed,
                  fixed={str(k): v for k, v in fixed.items()}, params=params,
-                 pruner_options=dict(raw.get("pruner_options") or {}))
+                 pruner_options=dict(raw.get("pruner_options") or {}), objective=objective)
 
 
 def _field_types(config_cls: type) -> dict[str, Any]:
@@ -244,6 +259,14 @@ def check_against_config(space: Space, config_cls: type, base_sets: list[str]) -
     except ConfigError as exc:
         raise SpaceError(f"the fixed settings (space file fixed: and --set) are refused by "
                          f"{config_cls.__name__}: {exc}") from None
+    if space.objective == "best_epoch":
+        if "epochs" not in types or not space.metric.startswith("eval/"):
+            raise SpaceError(f"{space.path}: objective: best_epoch needs an eval/ metric (one value per epoch) and "
+                             f"an `epochs` key in {config_cls.__name__} (the best config retrains that many "
+                             "epochs); use objective: last")
+        if any(s.replace(" ", "") == "eval_every_epoch=false" for s in base_sets):
+            raise SpaceError(f"{space.path}: objective: best_epoch needs an evaluation after each epoch; remove "
+                             "eval_every_epoch=false or use objective: last")
     for p in space.params:
         if p.name not in types:
             import difflib

@@ -14,7 +14,8 @@ launcher can fan the workers out (docs/sweeps.md):
     --worker         run trials until the study holds --trials finished ones (any number of these at once)
     --report-only    trials table, best config (best.yaml, best_args.txt), plots logged to MLflow
 
-Without a phase flag it does all three, with --parallel N worker processes on this machine.
+Without a phase flag it does all three, the workers being --parallel N processes on this machine, N Ray
+jobs (--on ray: tools/sweep/ray_fanout.py) or one Indexed Job of N pods (--on k8s: tools/sweep/k8s.py).
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="the search-space YAML (default: the one the :sweep target names)")
     p.add_argument("--trials", type=int, default=None, help="finished (complete or pruned) trials to reach "
                    "(default: 20)")
-    p.add_argument("--parallel", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--parallel", type=int, default=1, help="workers: processes on this machine (default 1), "
+                   "Ray jobs with --on ray, pods with --on k8s")
     p.add_argument("--storage", help="Optuna RDB storage URL (default sqlite:///<workspace>/.mlenv/sweeps.db), "
-                   "e.g. postgresql+psycopg://user@host:5432/db")
+                   "e.g. postgresql+psycopg://user@host:5432/db; env:NAME reads it from variable NAME")
     p.add_argument("--study", help="study name (default: <project>-<space file stem>); also the MLflow experiment")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a trainer config override for every trial (repeatable), e.g. --set epochs=2")
@@ -78,17 +80,37 @@ def _parser() -> argparse.ArgumentParser:
                    "3x this is failed and re-queued (default 5)")
     p.add_argument("--trial-timeout", type=float, default=3600.0, help="seconds before a trial is stopped as failed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--on", choices=("local", "ray", "k8s"), default="local",
+                   help="where the workers run: local processes (default), Ray jobs, or a Kubernetes Indexed Job")
+    p.add_argument("--address", help="--on ray: a running cluster's dashboard (http://HOST:8265) or `local` "
+                   "(a throwaway cluster on this machine, one 1-CPU node per worker)")
+    k8s = p.add_argument_group("--on k8s (docs/sweeps.md)")
+    k8s.add_argument("--dry-run", action="store_true", help="print the manifests; run nothing")
+    k8s.add_argument("--repository", help="REGISTRY/NAME the train image was pushed to (pinned by digest)")
+    k8s.add_argument("--storage-secret", metavar="SECRET:KEY", help="the Secret key holding the storage URL "
+                     "(with its password) for the pods; never put the password in the manifest")
+    k8s.add_argument("--namespace", help="namespace of the Job (default: the context's)")
+    k8s.add_argument("--context", help="kube context (default: the current one)")
+    k8s.add_argument("--name", help="Job name (default: <study>-sweep-<time>)")
+    k8s.add_argument("--skip-push-check", action="store_true",
+                     help="do not ask the registry whether the image digest is there")
+    k8s.add_argument("--tracking-uri", help="MLFLOW_TRACKING_URI for the pods (an MLflow server they reach)")
+    k8s.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU request per worker pod (default 1)")
+    k8s.add_argument("--memory-per-worker", help="memory request per worker pod, e.g. 4Gi")
     phase = p.add_mutually_exclusive_group()
     phase.add_argument("--prepare-only", action="store_true", help="validate, create the study, probe; no trials")
     phase.add_argument("--worker", action="store_true", help="only run trials (for launchers; see docs/sweeps.md)")
     phase.add_argument("--report-only", action="store_true", help="only print the table, best config and plots")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     # Set by the ml_sweep macro, not by users.
-    p.add_argument("--trainer", required=True, help=argparse.SUPPRESS)
+    p.add_argument("--trainer", help=argparse.SUPPRESS)
     p.add_argument("--config-class", required=True, help=argparse.SUPPRESS)
     p.add_argument("--project", required=True, help=argparse.SUPPRESS)
     p.add_argument("--train-label", default="", help=argparse.SUPPRESS)
     p.add_argument("--default-space", default="", help=argparse.SUPPRESS)
+    p.add_argument("--image-info", help=argparse.SUPPRESS)
+    # The trainer as a command line (JSON list) instead of --trainer: the image's Entrypoint in k8s pods.
+    p.add_argument("--trainer-command", help=argparse.SUPPRESS)
     return p
 
 
@@ -256,7 +278,7 @@ def _probe(args: argparse.Namespace, study: Any, base_sets: list[str], sweep_dir
 def _settings(args: argparse.Namespace, study: Any, base_sets: list[str], sweep_dir: Path) -> worker_mod.WorkerSettings:
     _, target = _tracking()
     return worker_mod.WorkerSettings(
-        trainer=args.trainer, trials=args.trials, sweep_dir=sweep_dir, base_sets=base_sets,
+        trainer=args.trainer, trainer_command=args.trainer_command, trials=args.trials, sweep_dir=sweep_dir, base_sets=base_sets,
         parent_run_id=study.user_attrs.get("mlflow_parent_run_id"), tracking_uri=target.tracking_uri,
         worker_index=args.worker_index, max_failures=args.max_failures, trial_timeout_s=args.trial_timeout)
 
@@ -326,6 +348,14 @@ def report(args: argparse.Namespace, study: Any, space: Space, base_sets: list[s
         sets = base_sets + [f"{k}={as_set_value(v)}" for k, v in sorted(best.params.items())]
         best_config = {s.partition("=")[0]: s.partition("=")[2] for s in base_sets}
         best_config.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in best.params.items()})
+        if space.objective == "best_epoch" and best.user_attrs.get("best_epoch"):
+            # The trial's value is its best epoch's evaluation: the retrain stops after that epoch. Engine
+            # trainers have no schedule that depends on the epoch count, so epoch k of a longer run and the
+            # last epoch of an `epochs=k` run are the same model.
+            epochs = int(best.user_attrs["best_epoch"])
+            sets = [s for s in sets if s.partition("=")[0] != "epochs"] + [f"epochs={epochs}"]
+            best_config["epochs"] = epochs
+            summary["best_epoch"] = epochs
         import yaml
 
         (sweep_dir / "best.yaml").write_text(
@@ -440,15 +470,71 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _check_backend(args: argparse.Namespace) -> None:
+    """--on ray/k8s refusals that need nothing but the command line, before anything starts."""
+    from tools.sweep import ray_fanout
+
+    if args.on == "local":
+        if args.address:
+            raise SweepError("--address is for --on ray; add --on ray, or drop it")
+        if args.dry_run:
+            raise SweepError("--dry-run is for --on k8s (it prints the manifests); add --on k8s, or drop it")
+        return
+    if args.worker or args.report_only or args.prepare_only:
+        raise SweepError(f"--on {args.on} runs the whole sweep; --prepare-only/--worker/--report-only are the "
+                         "phases it runs itself (use them without --on)")
+    if args.on == "ray":
+        if args.dry_run:
+            raise SweepError("--dry-run is for --on k8s; --on ray submits jobs (try --on ray --trials 1)")
+        try:
+            args.address = ray_fanout.check_request(args.address, args.storage,
+                                                    os.environ.get("MLFLOW_TRACKING_URI"))
+        except ray_fanout.FanoutError as exc:
+            raise SweepError(str(exc)) from None
+    if args.on == "k8s" and args.address:
+        raise SweepError("--address is for --on ray; --on k8s uses the current kube context")
+    if args.on == "k8s" and not args.dry_run and (not args.storage or ray_fanout.local_storage(args.storage)):
+        raise SweepError("--on k8s: the pods cannot share a sqlite file. Pass --storage URL: the PostgreSQL "
+                         "database the --storage-secret names, as reached from here (this command prepares the "
+                         "study and reports from it)")
+
+
 def _main(args: argparse.Namespace) -> int:
     if args.trials is None:
         args.trials = 20
     if args.trials < 1 or args.parallel < 1 or args.heartbeat < 1:
         raise SweepError("--trials, --parallel and --heartbeat must be >= 1")
+    if args.storage and args.storage.startswith("env:"):
+        name = args.storage[len("env:"):]
+        if not os.environ.get(name):
+            raise SweepError(f"--storage env:{name}: the variable {name} is not set (in a pod: check the Secret "
+                             "the Job's env refers to)")
+        args.storage = os.environ[name]
+    _check_backend(args)
+    if args.on == "ray":
+        from tools.sweep import ray_fanout
+
+        try:
+            ray_fanout.check_reachable(args.address)
+        except ray_fanout.FanoutError as exc:
+            raise SweepError(str(exc)) from None
+        if args.address == "local":
+            ray_fanout.isolate()  # re-execs this command in a private network namespace when root
+
     if not args.space and not args.default_space:
         raise SweepError("no --space given and the :sweep target names none")
     args.space = _user_path(args.space) if args.space else Path(args.default_space).absolute()
-    args.trainer = str(Path(args.trainer).absolute())
+    if not args.trainer and not args.trainer_command:
+        raise SweepError("no --trainer: run the sweep through its Bazel target (tools/bazel run //<project>:sweep)")
+    args.trainer = str(Path(args.trainer).absolute()) if args.trainer else None
+    if args.trainer_command is not None:
+        try:
+            command = json.loads(args.trainer_command)
+        except ValueError:
+            command = None
+        if not isinstance(command, list) or not command or not all(isinstance(x, str) for x in command):
+            raise SweepError(f"--trainer-command {args.trainer_command!r}: expected a JSON list of strings")
+        args.trainer_command = command
     space = load_space(args.space)
     base_sets = _base_sets(space, args.sets)
     check_against_config(space, _config_class(args.config_class), base_sets)
@@ -458,6 +544,19 @@ def _main(args: argparse.Namespace) -> int:
         (workspace / ".mlenv").mkdir(parents=True, exist_ok=True)
         args.storage = f"sqlite:///{workspace / '.mlenv' / 'sweeps.db'}"
     args.out = Path(args.out).absolute() if args.out else workspace / ".mlenv" / "sweeps" / args.study
+    if args.on == "k8s":
+        from tools.sweep import k8s as k8s_mod
+
+        def prepare_and_report(run_workers) -> int:
+            study = prepare(args, space, base_sets, _storage(args.storage, args.heartbeat), args.out)
+            run_workers()
+            report(args, study, space, base_sets, args.out)
+            return 0
+
+        try:
+            return k8s_mod.main(args, prepare_and_report)
+        except k8s_mod.K8sError as exc:
+            raise SweepError(str(exc)) from None
     storage = _storage(args.storage, args.heartbeat)
     if args.worker or args.report_only:
         import optuna
@@ -485,7 +584,18 @@ def _main(args: argparse.Namespace) -> int:
           f"trial runs in {args.out}/trials", file=sys.stderr, flush=True)
     if args.prepare_only:
         return 0
-    run_local_workers(args, study, space, base_sets, args.out)
+    if args.on == "ray":
+        from tools.sweep import ray_fanout
+
+        try:
+            ray_fanout.run(args.address, [_worker_argv(args, i) for i in range(args.parallel)], args.out, args.study)
+        except ray_fanout.FanoutError as exc:
+            raise SweepError(str(exc)) from None
+        except KeyboardInterrupt:
+            print("sweep: stopped; rerun the same command to resume the study", file=sys.stderr)
+            return 130
+    else:
+        run_local_workers(args, study, space, base_sets, args.out)
     report(args, study, space, base_sets, args.out)
     return 0
 

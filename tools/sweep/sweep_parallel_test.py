@@ -2,77 +2,34 @@
 
 Checked from the storage itself: exactly --trials trials end COMPLETE or PRUNED, no two of them (nor any
 live trial) share a parameter set, and both workers ran trials. PostgreSQL is Debian's `postgresql`
-package; initdb refuses root, so the server runs as the unprivileged `postgres` user in a folder it owns.
+package, started by tools/sweep/pg_testing.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tools.sweep import pg_testing
+
 SWEEP = str(Path("tools/sweep/toy_sweep").absolute())
 TOY = str(Path("ml/engine/toy_train").absolute())
 SPACE = str(Path("tools/sweep/testdata/toy_space.yaml").absolute())
-PG_BIN = Path("/usr/lib/postgresql")
-
-
-def _pg_tool(name: str) -> str:
-    found = sorted(PG_BIN.glob(f"*/bin/{name}"))
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is missing: install Debian's `postgresql` package "
-                    f"(apt-get install postgresql); this test needs a real server and never skips")
-    return str(found[-1])
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    user = "postgres"
     try:
-        import pwd
-
-        pwd.getpwnam(user)
-    except KeyError:
-        pytest.fail("no `postgres` user to run the server as (initdb refuses root); install Debian's postgresql")
-    # Bazel's test PATH has no sbin folders.
-    runuser = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if not runuser:
-        pytest.fail("`runuser` (util-linux) is missing: it starts PostgreSQL as the unprivileged postgres user")
-    as_user = [runuser, "-u", user, "--"]
-    # A folder the unprivileged user can reach (the test's temp dir lives under root's 0700 home).
-    folder = Path(tempfile.mkdtemp(prefix="mlenv-sweep-pg-", dir="/tmp"))
-    data = folder / "data"
-    started = False
-    try:
-        os.chmod(folder, 0o755)
-        shutil.chown(folder, user)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "mlenv"], check=True,
-                       capture_output=True, timeout=120)
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", f"-h 127.0.0.1 -p {port} -k {folder}",
-                        "-l", str(folder / "server.log"), "-w", "start"], check=True, capture_output=True,
-                       timeout=120)
-        started = True
-        psql = _pg_tool("psql")
-        subprocess.run([*as_user, psql, "-h", "127.0.0.1", "-p", str(port), "-U", "mlenv", "-d", "postgres",
-                        "-c", "CREATE DATABASE sweeps"], check=True, capture_output=True, timeout=60)
-        yield f"postgresql+psycopg://mlenv@127.0.0.1:{port}/sweeps"
-    finally:
-        if started:
-            subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
-                           timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
+        with pg_testing.postgres_server() as url:
+            yield url
+    except pg_testing.PostgresMissing as exc:
+        pytest.fail(str(exc))
 
 
 def two_workers(tmp: Path, storage: str) -> optuna.Study:

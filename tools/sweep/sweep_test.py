@@ -234,3 +234,33 @@ def test_cmaes_sampler_is_available_and_samples_the_space(tmp_path):
     study.optimize(lambda t: -abs(t.suggest_float("lr", 1e-4, 0.3, log=True) - 0.01)
                    - t.suggest_float("dropout", 0.0, 0.5), n_trials=12)
     assert len(study.trials) == 12 and study.best_value > -0.5
+
+
+# -- objective: best_epoch ---------------------------------------------------------------------------------------
+def test_best_epoch_objective_ranks_by_peak_and_retrains_to_it(tmp_path):
+    space = space_with(tmp_path, objective="best_epoch", pruner="none",
+                       param_lr={"type": "float", "low": 0.05, "high": 0.3, "log": True})
+    proc = run_sweep(tmp_path, "--trials", "2", "--no-plots", space=space)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    study = load(tmp_path, "toy-space")
+    for t in finished(study):
+        log = Path(t.user_attrs["run_dir"]) / "tracking.jsonl"
+        raw = [json.loads(line) for line in log.read_text().splitlines()]
+        per_epoch = [e["metrics"]["eval/auc"] for e in raw if e.get("kind") == "metrics" and "eval/auc" in e["metrics"]]
+        assert len(per_epoch) == 4, per_epoch
+        # The pruner saw the best value so far; the trial's value is its peak, at the epoch recorded.
+        reported = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        assert reported == [max(per_epoch[: i + 1]) for i in range(4)]
+        assert t.value == max(per_epoch)
+        assert t.user_attrs["best_epoch"] == per_epoch.index(max(per_epoch)) + 1
+    best = study.best_trial
+    best_yaml = yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())
+    assert int(best_yaml["epochs"]) == best.user_attrs["best_epoch"]
+    args = (tmp_path / "sweep" / "best_args.txt").read_text().split()
+    assert [a for a in args if a.startswith("epochs=")] == [f"epochs={best.user_attrs['best_epoch']}"], args
+    run_dir = tmp_path / "retrain"
+    retrain = subprocess.run([TOY, *args, "--set", f"run_dir={run_dir}"], capture_output=True, text=True,
+                             timeout=600, env=env_for(tmp_path))
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["eval_metrics"]["auc"] == pytest.approx(best.value, abs=1e-9)

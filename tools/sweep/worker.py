@@ -17,6 +17,7 @@ RDB storage. Guarantees, all enforced through the storage:
 from __future__ import annotations
 
 import ctypes
+import datetime
 import json
 import os
 import signal
@@ -33,6 +34,12 @@ from tools.sweep.space import Space, as_set_value
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no MLflow usage telemetry from sweeps (as the engine)
 
 __all__ = ["WorkerSettings", "run_worker", "read_metrics", "LIVE_STATES"]
+
+# Set by a cluster backend (--on ray: the job's submission id) so each trial records which job ran it.
+JOB_ENV = "MLENV_SWEEP_JOB"
+
+# How old a RUNNING trial without parameters must be before it counts as its dead worker's orphan.
+ORPHAN_GRACE_S = 30.0
 
 # Why a trial ended FAIL; only "trainer" and "invalid" count toward --max-failures.
 REASON = "sweep_fail_reason"
@@ -59,6 +66,7 @@ class WorkerSettings:
     max_failures: int = 0  # 0: as many as trials
     trial_timeout_s: float = 3600.0
     poll_s: float = 0.5
+    trainer_command: list[str] | None = None  # instead of `trainer`: e.g. a train image's Entrypoint
 
 
 def read_metrics(log_path: Path, offset: int) -> tuple[list[dict], int, str | None]:
@@ -163,6 +171,7 @@ class Worker:
         interval = storage.get_heartbeat_interval() or 5
         while True:
             optuna.storages.fail_stale_trials(self.study)
+            self._fail_orphans(max(3 * interval, ORPHAN_GRACE_S))
             done, in_flight, failures = self._counts()
             if done >= self.s.trials:
                 return ran
@@ -195,6 +204,27 @@ class Worker:
                 beat.stop()
             ran += 1
 
+    def _fail_orphans(self, grace_s: float) -> None:
+        """Fails RUNNING trials that never got parameters: their worker died between ask() and suggest (e.g. a
+        stopped Ray job), before any heartbeat, so Optuna never finds them stale and the study would wait on
+        them forever. A live worker suggests within milliseconds of ask(); `grace_s` is far longer."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        now = datetime.datetime.now()  # Optuna stamps datetime_start with the local naive time
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.params or "run_dir" in t.user_attrs or t.datetime_start is None:
+                continue
+            if (now - t.datetime_start).total_seconds() < grace_s:
+                continue
+            try:
+                self.study._storage.set_trial_user_attr(t._trial_id, REASON, "orphaned")
+                self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue  # another worker failed it first
+            print(f"sweep[{self.s.worker_index}]: trial {t.number} was started but never given parameters by a "
+                  "worker that died; marked failed", file=sys.stderr, flush=True)
+
     def _waiting(self) -> bool:
         from optuna.trial import TrialState
 
@@ -211,7 +241,8 @@ class Worker:
         trial.set_user_attr("run_id", None)
         trial.set_user_attr("set", sets)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
-        cmd = [self.s.trainer, *[x for s in sets for x in ("--set", s)], "--set", f"run_dir={run_dir}",
+        trial.set_user_attr("worker_job", os.environ.get(JOB_ENV))  # the Ray job (--on ray) or pod that ran it
+        cmd = [*(self.s.trainer_command or [self.s.trainer]), *[x for s in sets for x in ("--set", s)], "--set", f"run_dir={run_dir}",
                "--set", f"run_name={run_name}", "--set", f"experiment={self.study.study_name}"]
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = run_dir / "tracking.jsonl"
@@ -224,6 +255,7 @@ class Worker:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
                                     start_new_session=True)
         offset, run_id, last, pruned_at = 0, None, None, None
+        best, best_epoch = None, None  # objective best_epoch: the best evaluation so far and its (1-based) epoch
         reported: set[int] = set()
         started = time.monotonic()
         while True:
@@ -239,8 +271,12 @@ class Worker:
                 last = float(entry["metrics"][self.space.metric])
                 if entry["step"] in reported:
                     continue
-                trial.report(last, entry["step"])
                 reported.add(entry["step"])
+                if best is None or self.space.better(last, best):
+                    best, best_epoch = last, len(reported)
+                # best_epoch: the pruner sees the best value so far, so a trial that peaks early and then
+                # overfits is judged by its peak, which is what the study ranks it by.
+                trial.report(best if self.space.objective == "best_epoch" else last, entry["step"])
                 if rc is None and trial.should_prune():
                     pruned_at = entry["step"]
                     break
@@ -267,9 +303,14 @@ class Worker:
             self._drop(trial, "trainer", why)
             self._finish_child(run_id, None, {"mlenv.sweep.state": "FAIL"})
             return
+        value = last
+        if self.space.objective == "best_epoch":
+            value = best
+            trial.set_user_attr("best_epoch", best_epoch)
         self._finish_child(run_id, None, {"mlenv.sweep.state": "COMPLETE"})
-        self.study.tell(trial, last)
-        print(f"sweep[{self.s.worker_index}]: trial {trial.number} done: {self.space.metric} {last:.4f}",
+        self.study.tell(trial, value)
+        print(f"sweep[{self.s.worker_index}]: trial {trial.number} done: {self.space.metric} {value:.4f}"
+              + (f" (epoch {best_epoch}; last {last:.4f})" if self.space.objective == "best_epoch" else ""),
               file=sys.stderr, flush=True)
 
     @staticmethod

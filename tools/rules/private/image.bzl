@@ -369,6 +369,7 @@ def ml_image(
         serve_main = None,
         train_args = [],
         serve_args = None,
+        tools = [],
         env = {},
         repository = None,
         base = "//third_party/debian:base_layer",
@@ -384,7 +385,10 @@ def ml_image(
         if key in IMAGE_ENV or key == "PYTHONPATH":
             fail("ml_image(%s): env may not override %s (the image layout depends on it)" % (name, key))
     repository = repository or "mlenv/" + native.package_name().rsplit("/", 1)[-1]
-    binaries = [train] + ([serve] if serve else [])
+
+    # `tools`: other binaries whose code rides in the app layer (e.g. the project's :sweep, whose workers run
+    # in the train image on Kubernetes); the images' Entrypoints stay train/serve.
+    binaries = [train] + ([serve] if serve else []) + tools
     app_layer(
         name = name + "_app_layer",
         binaries = binaries,
