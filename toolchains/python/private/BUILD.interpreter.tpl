@@ -39,7 +39,10 @@ py_runtime(
         "'''':",
         "r=\"$0.runfiles\"",
         "[ -d \"$r\" ] || case \"$0\" in *.runfiles/*) r=\"${0%%.runfiles/*}.runfiles\" ;; *) r=\"$RUNFILES_DIR\" ;; esac",
-        "exec \"$r/{repo}/python3\" \"$0\" \"$@\"",
+        # This repository's runfiles folder: its name here, else its apparent name alone or after a module
+        # extension's prefix (a Bzlmod build's repository reused by a WORKSPACE-mode sample, or the reverse).
+        "p=\"$r/{repo}/python3\"; [ -x \"$p\" ] || for p in \"$r/{apparent}/python3\" \"$r\"/*[~+]{apparent}/python3; do [ -x \"$p\" ] && break; done",
+        "exec \"$p\" \"$0\" \"$@\"",
         "exit 127",
         "'''",
     ]),

@@ -212,6 +212,9 @@ def _python_interpreter_impl(rctx):
         "{files}": "[\"root\", \"packages.json\"]" if not explicit else "[\"packages.json\"]",
         "{origin}": origin.strip().split(" (")[0],
         "{repo}": rctx.name,
+        # The name without a module extension's canonical prefix (`_main~mlenv~mlenv_python` under Bzlmod): a
+        # workspace that overrides its own repository with this one (sample workspaces) names it that way.
+        "{apparent}": rctx.name.split("~")[-1].split("+")[-1],
         "{version}": version,
     })
 
