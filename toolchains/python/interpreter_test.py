@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tools.testing.bazel_workspace import SampleWorkspace
+from tools.testing.bazel_workspace import SampleWorkspace, runfiles_repo
 
-REPO = Path("../mlenv_python/python3").resolve().parent  # the toolchain repository in the output base
-PACKAGES = json.loads(Path("../mlenv_python/packages.json").read_text())
+REPO = (runfiles_repo("mlenv_python") / "python3").resolve().parent  # the toolchain repository in the output base
+PACKAGES = json.loads((runfiles_repo("mlenv_python") / "packages.json").read_text())
 LOCK = Path("third_party/debian/packages.lock.json")
 LAYER = Path("third_party/debian/base_layer.tar")
 MIRROR_HOST = "https://deb.debian.org"
