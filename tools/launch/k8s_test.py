@@ -13,7 +13,6 @@ trainer.kubeflow.org/v1alpha1 field list below (written from the upstream API re
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import json
@@ -27,6 +26,7 @@ import yaml
 
 from tools.launch import cli
 from tools.launch.k8s import common
+from tools.testing.oci_layout import write_image_info
 
 TESTDATA = Path(__file__).parent / "testdata"
 SUPPORTED_K8S = ("1.25.0", "1.37.0")  # oldest and newest: Indexed Jobs + pod hostnames exist in both
@@ -58,32 +58,10 @@ TRAINJOB_OVERRIDE_FIELDS = {"targetJobs", "serviceAccountName", "nodeSelector", 
                             "initContainers", "containers", "schedulingGates", "affinity"}
 
 
-def _blob(layout: Path, data: bytes) -> dict:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    path = layout / "blobs" / "sha256" / digest.split(":")[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"digest": digest, "size": len(data)}
-
-
 @pytest.fixture
 def image_info(tmp_path, monkeypatch) -> tuple[Path, str]:
     """A minimal real OCI layout (config + manifest, no layers) and the info file :launch would pass."""
-    layout = tmp_path / "train_image"
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ENTRYPOINT},
-                         "rootfs": {"type": "layers", "diff_ids": []}}, sort_keys=True).encode()
-    cfg = _blob(layout, config)
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cfg},
-                           "layers": []}, sort_keys=True).encode()
-    man = _blob(layout, manifest)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **man}]}))
-    (tmp_path / "train_image.digest").write_text(man["digest"] + "\n")
-    info = tmp_path / "launch_image_info.json"
-    info.write_text(json.dumps({"layout": "train_image", "digest_file": "train_image.digest",
-                                "info": info.name, "label": "//ml/homefeed:train_image"}))
-    return info, man["digest"]
+    return write_image_info(tmp_path, ENTRYPOINT, "launch_image_info.json", "//ml/homefeed:train_image")
 
 
 def launch(*args: str) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ regenerate it after a deliberate change:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from tools.sweep import sweep
+from tools.testing.oci_layout import write_image_info
 
 TESTDATA = Path(__file__).parent / "testdata"
 SPACE = TESTDATA / "toy_space.yaml"
@@ -41,32 +41,10 @@ def run(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _blob(layout: Path, data: bytes) -> dict:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    path = layout / "blobs" / "sha256" / digest.split(":")[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"digest": digest, "size": len(data)}
-
-
 @pytest.fixture
 def image_info(tmp_path) -> tuple[Path, str]:
     """A minimal real OCI layout (config + manifest, no layers) and the info file :sweep_k8s would pass."""
-    layout = tmp_path / "train_image"
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ENTRYPOINT},
-                         "rootfs": {"type": "layers", "diff_ids": []}}, sort_keys=True).encode()
-    cfg = _blob(layout, config)
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cfg},
-                           "layers": []}, sort_keys=True).encode()
-    man = _blob(layout, manifest)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **man}]}))
-    (tmp_path / "train_image.digest").write_text(man["digest"] + "\n")
-    info = tmp_path / "sweep_image_info.json"
-    info.write_text(json.dumps({"layout": "train_image", "digest_file": "train_image.digest",
-                                "info": info.name, "label": "//ml/engine:toy_image"}))
-    return info, man["digest"]
+    return write_image_info(tmp_path, ENTRYPOINT, "sweep_image_info.json", "//ml/engine:toy_image")
 
 
 def dry_run(info: Path, *extra: str) -> str:
