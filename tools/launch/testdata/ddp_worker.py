@@ -27,17 +27,22 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     dist.init_process_group("gloo")
-    total = torch.ones(1)
-    dist.all_reduce(total)
-    (out / f"pid-{rank}").write_text(f"{os.getpid()} {int(total.item())}")
-    if os.environ.get("DDP_WORKER_FAIL_RANK") == str(rank):
-        return 7
-    deadline = time.monotonic() + 300
-    while not stop["now"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if stop["now"]:
-        (out / f"stopped-{rank}").write_text("ok")
-    return 0
+    try:
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        (out / f"pid-{rank}").write_text(f"{os.getpid()} {int(total.item())}")
+        if os.environ.get("DDP_WORKER_FAIL_RANK") == str(rank):
+            return 7
+        deadline = time.monotonic() + 300
+        while not stop["now"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stop["now"]:
+            (out / f"stopped-{rank}").write_text("ok")
+        return 0
+    finally:
+        # As the engine's TorchRun.close does. Left to interpreter shutdown, gloo's threads can be torn down
+        # while joinable (std::terminate, exit -6 instead of this rank's own code; seen once in CI).
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
