@@ -9,11 +9,16 @@ Across checkout paths: two copies of a workspace with our WORKSPACE, toolchains 
 local wheels), at different paths and so with different output bases. A genrule that runs a py_binary on the
 environment (every file of @pypi, its byte code, the interpreter stub are action inputs) is built in the
 first, then must be a remote cache hit in the second: any input that embeds the checkout or output-base path
-(the byte code's file names once did) makes it miss and this test fail.
+(the byte code's file names once did) makes it miss and this test fail. Both copies are git checkouts of the
+same commit, and a rule action there reads Bazel's status files as a bundle and an image config do: it must
+hit too, which holds only because tools/workspace_status.sh makes their contents per commit, not per build,
+host or user.
 """
 
 import hashlib
+import os
 import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,16 +52,16 @@ def sample(tmp_path_factory):
     ws.shutdown()
 
 
-def build(ws, env):
-    result = ws.bazel("build", "--config=remote-cache", "//:stamp", env={"BAZEL_REAL": find_bazel(), **env},
+def build(ws, env, targets=("//:stamp",)):
+    result = ws.bazel("build", "--config=remote-cache", *targets, env={"BAZEL_REAL": find_bazel(), **env},
                       timeout=900)
     processes = [line for line in result.stderr.splitlines() if " processes: " in line or " process: " in line]
     return result, processes[-1] if processes else "", ws.root
 
 
-def output(ws):
+def output(ws, name="stamp.txt"):
     bin_dir = ws.bazel("info", "bazel-bin", env={"BAZEL_REAL": find_bazel()}).stdout.strip()
-    return Path(bin_dir, "stamp.txt").read_bytes()
+    return Path(bin_dir, name).read_bytes()
 
 
 def test_second_clean_output_base_is_served_from_the_cache(sample, cache_url):
@@ -103,10 +108,34 @@ def env_sample(root: Path, wheels: Path, lock: str) -> SampleWorkspace:
     shutil.rmtree(ws.root / "toolchains/python/interpreter_test.py", ignore_errors=True)
     ws.write("third_party/pip/requirements_lock_cpu.txt", lock)
     ws.write("uses_alpha.py", "import alpha\nprint(alpha.greet())\n")
-    ws.write("BUILD.bazel", 'py_binary(name = "uses_alpha", srcs = ["uses_alpha.py"], deps = ["@pypi//alpha"])\n'
+    ws.write("BUILD.bazel", 'load(":stamped.bzl", "stamped")\n'
+                            'py_binary(name = "uses_alpha", srcs = ["uses_alpha.py"], deps = ["@pypi//alpha"])\n'
                             'genrule(\n    name = "stamp",\n    outs = ["stamp.txt"],\n    tools = [":uses_alpha"],\n'
-                            '    cmd = "$(location :uses_alpha) > $@ && date +%s%N >> $@",\n)\n')
+                            '    cmd = "$(location :uses_alpha) > $@ && date +%s%N >> $@",\n)\n'
+                            'stamped(name = "stamped")\n')
+    ws.write("stamped.bzl", STAMPED_RULE)
+    # A checkout of one commit, as a CI agent's clone is: the same files, author and dates give the same hash.
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "-C", str(ws.root)]
+    dates = {"GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "sample"]):
+        subprocess.run([*git, *args], check=True, env={**os.environ, **dates})
     return replace(ws, bazel_binary=str(ws.root / "tools/bazel"))
+
+
+# Reads both status files, as ModelBundle (volatile: GIT_COMMIT) and the image config (stable) do, plus the clock.
+STAMPED_RULE = """def _impl(ctx):
+    out = ctx.actions.declare_file(ctx.label.name + ".txt")
+    ctx.actions.run_shell(
+        outputs = [out],
+        inputs = [ctx.version_file, ctx.info_file],
+        command = 'grep "^GIT_COMMIT " "$1" > "$3" && grep "^STABLE_GIT_COMMIT " "$2" >> "$3" && date +%s%N >> "$3"',
+        arguments = [ctx.version_file.path, ctx.info_file.path, out.path],
+        env = {"PATH": "/usr/bin:/bin"},
+    )
+    return [DefaultInfo(files = depset([out]))]
+
+stamped = rule(implementation = _impl)
+"""
 
 
 def test_a_checkout_at_another_path_is_served_from_the_cache(tmp_path, cache_url):
@@ -118,18 +147,25 @@ def test_a_checkout_at_another_path_is_served_from_the_cache(tmp_path, cache_url
     first = env_sample(tmp_path / "agent-1" / "ws", wheels, lock)
     second = env_sample(tmp_path / "agent-22" / "build" / "checkout", wheels, lock)
     try:
-        result, processes, _ = build(first, {"MLENV_REMOTE_CACHE": cache_url})
+        targets = ("//:stamp", "//:stamped")
+        result, processes, _ = build(first, {"MLENV_REMOTE_CACHE": cache_url}, targets)
         assert result.returncode == 0, result.stderr[-4000:]
         assert "remote cache hit" not in processes, processes
         produced = output(first)
         assert produced.startswith(b"hello from alpha\n"), produced
+        stamped = output(first, "stamped.txt")
+        commit = subprocess.run(["git", "-C", str(first.root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        assert stamped.startswith(f"GIT_COMMIT {commit}\nSTABLE_GIT_COMMIT {commit}\n".encode()), stamped
 
-        result, processes, _ = build(second, {"MLENV_REMOTE_CACHE": cache_url})
+        result, processes, _ = build(second, {"MLENV_REMOTE_CACHE": cache_url}, targets)
         assert result.returncode == 0, result.stderr[-4000:]
-        assert "1 remote cache hit" in processes and "linux-sandbox" not in processes, (
-            f"the genrule on @pypi ran again at another checkout path ({processes}): one of its inputs depends "
-            f"on the path; diff the two builds' --execution_log_json_file (tools/bench/cross_path_cache.py)")
+        assert "2 remote cache hit" in processes and "linux-sandbox" not in processes, (
+            f"an action ran again at another checkout path ({processes}): the genrule on @pypi (one of its inputs "
+            f"depends on the path; diff the two builds' --execution_log_json_file, tools/bench/cross_path_cache.py) "
+            f"or the rule reading the status files (their contents differ per build: tools/workspace_status.sh)")
         assert output(second) == produced
+        assert output(second, "stamped.txt") == stamped
     finally:
         first.shutdown()
         second.shutdown()

@@ -14,10 +14,11 @@ import pytest
 
 from third_party.debian.private import build_layer
 from third_party.debian.private.debs_for_tests import Link, make_deb
+from tools.testing.bazel_workspace import runfiles_repo
 
 LAYER = Path("third_party/debian/base_layer.tar")
 DIFF_ID = Path("third_party/debian/base_layer.tar.sha256")
-PACKAGES = Path("../debian_bookworm/packages.json")
+PACKAGES = runfiles_repo("debian_bookworm") / "packages.json"
 BUILDER = Path(build_layer.__file__)
 
 

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tools.testing.bazel_workspace import runfiles_repo
+
 LAYER = Path("third_party/debian/base_layer.tar")
 # @pypi//:env in the runfiles (`pypi` under WORKSPACE, `_main~mlenv~pypi` or `+` under Bzlmod).
-SITE_PACKAGES = next(p for p in (Path("../pypi"), *Path("..").glob("*~pypi"), *Path("..").glob("*+pypi")) if p.is_dir()) / "site-packages"
+SITE_PACKAGES = runfiles_repo("pypi") / "site-packages"
 IMAGE_SITE_PACKAGES = "/opt/mlenv/site-packages"
 # What an image built on this layer sets (docs/debian-base.md).
 IMAGE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root",

@@ -5,8 +5,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from tools.testing.bazel_workspace import runfiles_repo
+
 # @pypi in the runfiles: `pypi` under WORKSPACE, `_main~mlenv~pypi` (or `+`) under Bzlmod.
-PYPI = next(p for p in (Path("../pypi"), *Path("..").glob("*~pypi"), *Path("..").glob("*+pypi")) if p.is_dir())
+PYPI = runfiles_repo("pypi")
 MANIFEST = json.loads((PYPI / "manifest.json").read_text())
 
 

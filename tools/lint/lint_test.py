@@ -1,13 +1,11 @@
 """The pinned buildifier and ruff flag a misformatted BUILD file and an unused import; //ci:fix repairs both."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tools.lint.lint import FIX_COMMAND, Linter
-
-RUNFILES = Path.cwd().parent
+from tools.testing.bazel_workspace import runfiles_repo
 
 
 @pytest.fixture
@@ -20,11 +18,11 @@ def repo(tmp_path):
     (tmp_path / ".gitignore").write_text("ignored/\n")
     (tmp_path / "ignored").mkdir()
     (tmp_path / "ignored/BUILD").write_text("x=1\n")  # ignored by git: never linted
-    return Linter(tmp_path, str(RUNFILES / "mlenv_buildifier/buildifier"), str(RUNFILES / "mlenv_ruff/ruff"))
+    return Linter(tmp_path, str(runfiles_repo("mlenv_buildifier") / "buildifier"), str(runfiles_repo("mlenv_ruff") / "ruff"))
 
 
 def test_pinned_versions_run():
-    out = subprocess.run([str(RUNFILES / "mlenv_ruff/ruff"), "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([str(runfiles_repo("mlenv_ruff") / "ruff"), "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("ruff ")
 
 
