@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,15 +29,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_installer(tmp_path: Path, lock_text: str, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+def run_installer(tmp_path: Path, lock_text: str, *extra: str, python: str = PYTHON) -> tuple[subprocess.CompletedProcess, Path]:
     lock = tmp_path / "lock.txt"
     lock.write_text(lock_text)
     repo = tmp_path / "repo"
     repo.mkdir()
     env = dict(os.environ, UV_CACHE_DIR=str(tmp_path / "uv-cache"))
     proc = subprocess.run(
-        [PYTHON, "-I", SCRIPT, "--lock", str(lock), "--lock-label", "//test:lock.txt", "--variant", "cpu",
-         "--repo", str(repo), "--uv", UV, "--python", PYTHON, "--default-index", OFFLINE_INDEX, *extra],
+        [python, "-I", SCRIPT, "--lock", str(lock), "--lock-label", "//test:lock.txt", "--variant", "cpu",
+         "--repo", str(repo), "--uv", UV, "--python", python, "--default-index", OFFLINE_INDEX, *extra],
         capture_output=True, text=True, env=env, timeout=300)
     return proc, repo
 
@@ -88,15 +89,21 @@ def test_a_replaced_package_keeps_its_label_as_an_alias(tmp_path, wheels):
 
 def test_two_installs_at_different_paths_are_identical_and_tracebacks_show_the_real_source(tmp_path):
     """Checkouts at different paths must produce the same tree, byte for byte (a shared remote cache keys
-    actions on it), while code from the tree still names its real file in tracebacks and inspect."""
+    actions on it, an image layer is built from it), while code from the tree still names its real file in
+    tracebacks and inspect. Each checkout has its own output base, so its own interpreter path: the second
+    install runs a copy of the interpreter elsewhere, and the wheel has a console script (its shebang names
+    that path)."""
     folder = tmp_path / "wheels"
     folder.mkdir()
-    wheel = make_wheel(folder, "alpha", "1.0", source="def fail():\n    raise ValueError('from alpha')\n")
+    wheel = make_wheel(folder, "alpha", "1.0", source="def fail():\n    raise ValueError('from alpha')\n",
+                       scripts={"alpha-fail": "alpha:fail"})
     lock = f"--find-links {folder}\n\nalpha==1.0 \\\n    --hash=sha256:{sha256(wheel)}\n"
+    elsewhere = tmp_path / "another/output_base/external/mlenv_python"
+    shutil.copytree(Path(PYTHON).parent, elsewhere)  # real files: its wrapper resolves to itself
     repos = []
-    for sub in ("one", "two/deeper/checkout"):
+    for sub, python in (("one", PYTHON), ("two/deeper/checkout", str(elsewhere / "python3"))):
         (tmp_path / sub).mkdir(parents=True)
-        proc, repo = run_installer(tmp_path / sub, lock)
+        proc, repo = run_installer(tmp_path / sub, lock, python=python)
         assert proc.returncode == 0, proc.stderr
         repos.append(repo)
 
@@ -105,6 +112,9 @@ def test_two_installs_at_different_paths_are_identical_and_tracebacks_show_the_r
     one, two = tree(repos[0]), tree(repos[1])
     assert one.keys() == two.keys()
     assert [p for p in one if one[p] != two[p]] == []
+    record = Path("site-packages/alpha-1.0.dist-info/RECORD")
+    assert b"alpha/__init__.py," in one[record] and b"bin/" not in one[record]  # the script is dropped, and its row
+    assert not [p for p in one if p.parts[:2] == ("site-packages", "bin")]
     pyc = [p for p in one if p.suffix == ".pyc"]
     assert pyc and not [p for p in pyc if str(tmp_path).encode() in one[p]]
     assert b"site-packages/alpha/__init__.py" in one[pyc[0]]

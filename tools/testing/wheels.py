@@ -6,8 +6,10 @@ import zipfile
 from pathlib import Path
 
 
-def make_wheel(folder: Path, name: str, version: str, requires=(), source: str = "") -> Path:
-    """`source`: more code for the package's __init__.py, after `VERSION = ...`."""
+def make_wheel(folder: Path, name: str, version: str, requires=(), source: str = "",
+               scripts: dict[str, str] | None = None) -> Path:
+    """`source`: more code for the package's __init__.py, after `VERSION = ...`; `scripts`: console scripts,
+    name -> `module:function` (an installer writes each as an executable with a shebang)."""
     dist_info = f"{name}-{version}.dist-info"
     files = {
         f"{name}/__init__.py": f"VERSION = {version!r}\n{source}",
@@ -15,6 +17,9 @@ def make_wheel(folder: Path, name: str, version: str, requires=(), source: str =
             name, version, "".join(f"Requires-Dist: {r}\n" for r in requires)),
         f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: mlenv-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
+    if scripts:
+        files[f"{dist_info}/entry_points.txt"] = "[console_scripts]\n" + "".join(
+            f"{script} = {target}\n" for script, target in scripts.items())
     record = []
     for path, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()

@@ -34,7 +34,8 @@ from pathlib import Path
 DEFAULT_INDEX = "https://pypi.org/simple"
 # Part of lock_digest.txt, the file Bazel tracks in place of the untracked site-packages folder: bump it
 # whenever this installer changes what the tree holds (2: unchecked-hash byte code), so every consumer reruns.
-TREE_FORMAT = 3  # 3: byte code names its source relative to PYC_PREFIX, not the install path
+TREE_FORMAT = 4  # 3: byte code names its source relative to PYC_PREFIX, not the install path; 4: RECORD rows
+#                   of the dropped console scripts removed (their hashes covered the interpreter's path)
 PYC_PREFIX = "site-packages"
 
 
@@ -264,6 +265,17 @@ alias(
     (repo / "lock_digest.txt").write_text(digest + "\n")
 
 
+def drop_script_records(site: Path) -> None:
+    """Removes the rows of the deleted `bin/` scripts from every RECORD: they are gone, and each row's sha256
+    covers a shebang naming this output base's interpreter, which made RECORD (and the tree, and the image
+    layer built from it) differ between checkouts and Bazel versions."""
+    for record in site.glob("*.dist-info/RECORD"):
+        rows = record.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [row for row in rows if not row.startswith("bin/")]
+        if len(kept) != len(rows):
+            record.write_text("".join(kept), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lock", required=True, type=Path)
@@ -319,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     # Console scripts carry this machine's interpreter path in their shebang and are not importable code:
     # drop them so the tree is the same on every machine (use `python -m tensorboard.main`, `-m mlflow`).
     shutil.rmtree(site / "bin", ignore_errors=True)
+    drop_script_records(site)
     # Byte code, compiled once so tests never write .pyc files into the shared tree. uv would write
     # timestamp-based .pyc (install time in every header), making two installs of one lock differ in ~18k
     # files: every action that takes the environment as input would then miss a shared remote cache.
