@@ -6,6 +6,7 @@ $MLENV_PYTHON, and takes a host interpreter only when told to, loudly.
 """
 
 import hashlib
+import importlib.util
 import io
 import json
 import lzma
@@ -108,6 +109,20 @@ def test_no_generated_input_holds_the_output_base_path():
         assert output_base not in (REPO / name).read_text(), name
     stub = Path(os.environ["TEST_BINARY"])  # this test's py_test stub, found by its shebang's sh part
     assert stub.read_text().startswith("#!/bin/sh\n") and output_base not in stub.read_text()
+
+
+def test_standard_library_byte_code_is_complete_path_free_and_never_rewritten():
+    """Every stdlib module has unchecked-hash byte code compiled at fetch, naming the image's path: running
+    the interpreter writes nothing into the repository (its files are an input of every Python action)."""
+    lib = REPO / "root/usr/lib/python3.11"
+    sources = [p for p in lib.rglob("*.py") if "lib2to3/tests" not in p.as_posix()]
+    missing = [p for p in sources if not Path(importlib.util.cache_from_source(str(p))).exists()]
+    assert len(sources) > 500 and missing == [], missing[:5]
+    for module in ("json/__init__.py", "argparse.py", "email/parser.py", "subprocess.py"):
+        pyc = Path(importlib.util.cache_from_source(str(lib / module))).read_bytes()
+        assert int.from_bytes(pyc[4:8], "little") == 0b01  # hash-based, unchecked (PEP 552)
+        assert f"/usr/lib/python3.11/{module}".encode() in pyc and str(REPO).encode() not in pyc
+    assert sys.modules["json"].__spec__.cached and Path(sys.modules["json"].__file__).is_relative_to(REPO)
 
 
 # --- the repository rule, through real Bazel on a sample workspace ---

@@ -123,6 +123,41 @@ def _unpack_pinned(rctx):
         listed.append({"file": deb, "name": name, "sha256": pkg["sha256"], "version": pkg["version"]})
     return listed
 
+def _compile_stdlib(rctx, multiarch):
+    """Byte code for the whole standard library, written once here and the same in every checkout.
+
+    The .debs ship none (Debian's postinst compiles it). Left alone, each run of this interpreter would write
+    timestamp .pyc files for what it imported into root/, holding this output base's path and the unpack
+    time: the set and the bytes of root/ (an input of every Python action; a remote cache keys on every file
+    in it) would then depend on the checkout and on what happened to run first. Unchecked-hash .pyc are
+    never rewritten; their file names are the image's (/usr/lib/python3.11/...), and importing from the real
+    path, Python names the real source in tracebacks (as for @pypi)."""
+    root = str(rctx.path("root"))
+    result = rctx.execute(
+        [
+            root + "/usr/bin/python3.11",
+            "-S",
+            "-m",
+            "compileall",
+            "-q",
+            "-j0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            root,
+            "-p",
+            "/",
+            root + "/usr/lib/python3.11",
+        ],
+        environment = {
+            "LD_LIBRARY_PATH": "%s/lib/%s:%s/usr/lib/%s" % (root, multiarch, root, multiarch),
+            "PYTHONHASHSEED": "0",
+        },
+        timeout = 600,
+    )
+    if result.return_code not in (0, 1):  # 1: a file did not compile (lib2to3's test data); fine
+        fail("mlenv: compiling the pinned CPython's standard library failed:\n%s%s" % (result.stdout[-2000:], result.stderr[-2000:]))
+
 def _pinned(rctx):
     packages = _unpack_pinned(rctx)
     getconf = rctx.which("getconf")
@@ -133,6 +168,7 @@ def _pinned(rctx):
         fail(refusal)
     multiarch = _multiarch(rctx)
     libs = "$here/root/lib/%s:$here/root/usr/lib/%s" % (multiarch, multiarch)
+    _compile_stdlib(rctx, multiarch)
 
     # LD_LIBRARY_PATH, exported: the lib-dynload modules (_ssl, _sqlite3, _ctypes, ...) resolve their
     # libraries from the pinned packages, not the host's, and so do the interpreters that subprocesses,
