@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 
 from third_party.pip.private import install_env
+from tools.testing.bazel_workspace import runfiles_repo
 from tools.testing.wheels import make_wheel
 
 
-def _repo(name: str) -> Path:
-    """Repository `name` in the runfiles, under its WORKSPACE name or Bzlmod's canonical `<prefix>~name`."""
-    return next(p for p in (Path("..", name), *Path("..").glob(f"*~{name}"), *Path("..").glob(f"*+{name}"))
-                if p.is_dir())
-
-
-UV = str((_repo("mlenv_uv") / "uv").resolve())
-PYTHON = str((_repo("mlenv_python") / "python3").absolute())  # the pinned interpreter's wrapper (sets its libraries)
+UV = str((runfiles_repo("mlenv_uv") / "uv").resolve())
+PYTHON = str((runfiles_repo("mlenv_python") / "python3").absolute())  # the pinned interpreter's wrapper (sets its libraries)
 SCRIPT = str(Path("third_party/pip/private/install_env.py").resolve())
 OFFLINE_INDEX = "https://pypi.invalid/simple"  # never resolves: the tests use a local find-links folder only
 
