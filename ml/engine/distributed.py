@@ -8,13 +8,19 @@
   the process joins the group it was given.
 - `init()` joins the process group: gloo on CPU, NCCL on CUDA (one device per local rank). World size 1
   creates no group at all, so single-process runs pay nothing.
+- At exit, a rank that joined a group collects garbage while the interpreter is still whole (see
+  `_release_group_at_exit`), so the group's threads stop before finalization can kill them mid-release.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import signal
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -118,7 +124,49 @@ def init(device: str = "auto") -> DistContext:
     if world > 1:
         backend = "nccl" if selected.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        _register_exit_release()
     return DistContext(rank, local_rank, world, selected, backend)
+
+
+_exit_release_registered = threading.Lock()
+_GLOO_THREAD = "pt_gloo_runloop"  # the name torch gives gloo's worker threads (Linux /proc/<pid>/task/*/comm)
+
+
+def _register_exit_release() -> None:
+    if _exit_release_registered.acquire(blocking=False):
+        atexit.register(_release_group_at_exit)
+
+
+def _gloo_threads() -> int:
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    count = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                count += f.read().strip() == _GLOO_THREAD
+        except OSError:
+            pass
+    return count
+
+
+def _release_group_at_exit() -> None:
+    """Lets a destroyed group's C++ object, and with it gloo's worker threads, go before interpreter finalization.
+
+    destroy_process_group() drops the group from c10d's registry, but the object (and its worker threads) lives
+    as long as anything refers to it, and FSDP modules do, from reference cycles that only the final garbage
+    collection frees. A worker that releases a finished collective's tensor after finalization has begun needs
+    the GIL, is made to exit by CPython 3.11 inside a noexcept C++ frame, and the rank aborts with
+    "terminate called without an active exception" (SIGABRT) after it trained correctly. atexit handlers run
+    before that point: collecting here destroys the group while the interpreter is whole (its destructor
+    releases the GIL and joins the threads). A group still held from a module global outlives this; its
+    threads then get a short GIL-free pause to finish a release already under way.
+    """
+    gc.collect()
+    if _gloo_threads():
+        time.sleep(0.05)
 
 
 def shutdown(ctx: DistContext) -> None:
