@@ -13,7 +13,6 @@ from third_party.pip.private import install_env
 from tools.testing.bazel_workspace import runfiles_repo
 from tools.testing.wheels import make_wheel
 
-
 UV = str((runfiles_repo("mlenv_uv") / "uv").resolve())
 PYTHON = str((runfiles_repo("mlenv_python") / "python3").absolute())  # the pinned interpreter's wrapper (sets its libraries)
 SCRIPT = str(Path("third_party/pip/private/install_env.py").resolve())
@@ -24,12 +23,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_installer(tmp_path: Path, lock_text: str, *extra: str, python: str = PYTHON) -> tuple[subprocess.CompletedProcess, Path]:
+def run_installer(tmp_path: Path, lock_text: str, *extra: str, python: str = PYTHON,
+                  shell: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, Path]:
     lock = tmp_path / "lock.txt"
     lock.write_text(lock_text)
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = dict(os.environ, UV_CACHE_DIR=str(tmp_path / "uv-cache"))
+    env = dict(os.environ, UV_CACHE_DIR=str(tmp_path / "uv-cache"), **(shell or {}))
     proc = subprocess.run(
         [python, "-I", SCRIPT, "--lock", str(lock), "--lock-label", "//test:lock.txt", "--variant", "cpu",
          "--repo", str(repo), "--uv", UV, "--python", python, "--default-index", OFFLINE_INDEX, *extra],
@@ -87,7 +87,7 @@ def test_two_installs_at_different_paths_are_identical_and_tracebacks_show_the_r
     actions on it, an image layer is built from it), while code from the tree still names its real file in
     tracebacks and inspect. Each checkout has its own output base, so its own interpreter path: the second
     install runs a copy of the interpreter elsewhere, and the wheel has a console script (its shebang names
-    that path)."""
+    that path). The second is also started from a shell whose Python settings would move or rename byte code."""
     folder = tmp_path / "wheels"
     folder.mkdir()
     wheel = make_wheel(folder, "alpha", "1.0", source="def fail():\n    raise ValueError('from alpha')\n",
@@ -96,11 +96,13 @@ def test_two_installs_at_different_paths_are_identical_and_tracebacks_show_the_r
     elsewhere = tmp_path / "another/output_base/external/mlenv_python"
     shutil.copytree(Path(PYTHON).parent, elsewhere)  # real files: its wrapper resolves to itself
     repos = []
-    for sub, python in (("one", PYTHON), ("two/deeper/checkout", str(elsewhere / "python3"))):
+    shell = {"PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"), "PYTHONOPTIMIZE": "2"}
+    for sub, python, env in (("one", PYTHON, {}), ("two/deeper/checkout", str(elsewhere / "python3"), shell)):
         (tmp_path / sub).mkdir(parents=True)
-        proc, repo = run_installer(tmp_path / sub, lock, python=python)
+        proc, repo = run_installer(tmp_path / sub, lock, python=python, shell=env)
         assert proc.returncode == 0, proc.stderr
         repos.append(repo)
+    assert not (tmp_path / "pycache").exists()
 
     def tree(repo):
         return {p.relative_to(repo): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}

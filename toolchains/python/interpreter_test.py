@@ -166,7 +166,19 @@ def fake_tool(folder: Path, name: str, script: str) -> Path:
     return path
 
 
-def test_sample_runs_the_unpacked_interpreter(workspace):
+def test_sample_runs_the_unpacked_interpreter(workspace, tmp_path):
+    # The first fetch, from a shell whose Python settings would move or rename byte code: none reaches it.
+    shell = dict(workspace.env, PYTHONPYCACHEPREFIX=str(tmp_path / "pycache"), PYTHONOPTIMIZE="2")
+    result = workspace.bazel("build", "//:bin", env=shell)
+    assert result.returncode == 0, result.stderr[-4000:]
+    base = workspace.bazel("info", "output_base", env=workspace.env).stdout.strip()
+    lib = Path(base, "external/mlenv_python/root/usr/lib/python3.11")
+    assert Path(importlib.util.cache_from_source(str(lib / "json/__init__.py"))).is_file()
+    assert not list(lib.rglob("*.opt-*.pyc")) and not (tmp_path / "pycache").exists()
+    # Every .pyc is the compiler's (unchecked-hash), none a timestamp one that the compiler's own imports wrote.
+    timestamped = [p for p in lib.rglob("*.pyc") if int.from_bytes(p.read_bytes()[4:8], "little") != 0b01]
+    assert timestamped == [], timestamped[:5]
+
     result = workspace.bazel("run", "//:bin", env=workspace.env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "python 3.11.2 no_site 1" in result.stdout

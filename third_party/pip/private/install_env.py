@@ -276,6 +276,17 @@ def drop_script_records(site: Path) -> None:
             record.write_text("".join(kept), encoding="utf-8")
 
 
+def compile_env(environ: dict[str, str]) -> dict[str, str]:
+    """The byte compiler's environment: the caller's without any PYTHON* setting, plus a fixed hash seed.
+
+    This installer runs isolated (-I), but its children inherit the shell that started Bazel, where
+    PYTHONPYCACHEPREFIX would put the byte code outside the tree and PYTHONOPTIMIZE would write .opt-N.pyc
+    instead; the tree is a source directory whose contents Bazel does not track, so nothing would notice."""
+    env = {key: value for key, value in environ.items() if not key.startswith("PYTHON")}
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lock", required=True, type=Path)
@@ -342,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     # code object's co_filename to the source it found (importlib's _fix_co_filename). install_env_test
     # checks both. A fixed hash seed keeps compile order effects out.
     log("compiling byte code (unchecked-hash, path-free)")
-    proc = subprocess.run([args.python, "-S", "-m", "compileall", "-q", "-j0", "--invalidation-mode", "unchecked-hash",
+    proc = subprocess.run([args.python, "-S", "-B", "-m", "compileall", "-q", "-j0", "--invalidation-mode", "unchecked-hash",
                            "-s", str(site), "-p", PYC_PREFIX, str(site)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+                          capture_output=True, text=True, env=compile_env(os.environ))
     if proc.returncode not in (0, 1):  # 1: some file did not compile (e.g. py2 templates in a package); fine
         print(f"mlenv/pip: compiling byte code failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}", file=sys.stderr)
         return 1

@@ -133,13 +133,24 @@ def _compile_stdlib(rctx, multiarch):
     never rewritten; their file names are the image's (/usr/lib/python3.11/...), and importing from the real
     path, Python names the real source in tracebacks (as for @pypi)."""
     root = str(rctx.path("root"))
+
+    # `env -i`: nothing from the caller's shell reaches the compiler. rctx.execute passes the client's
+    # environment through, where PYTHONPYCACHEPREFIX (byte code written outside root/), PYTHONOPTIMIZE
+    # (.opt-N.pyc instead) or PYTHONDONTWRITEBYTECODE (whether the compiler's imports leave timestamp .pyc,
+    # hence -B) would change root/'s files, whose contents Bazel does not track.
     result = rctx.execute(
         [
+            "env",
+            "-i",
+            "LD_LIBRARY_PATH=%s/lib/%s:%s/usr/lib/%s" % (root, multiarch, root, multiarch),
+            "PYTHONHASHSEED=0",
             root + "/usr/bin/python3.11",
             "-S",
+            "-B",  # the compiler's own imports write no timestamp .pyc, which compileall would then keep
             "-m",
             "compileall",
             "-q",
+            "-f",
             "-j0",
             "--invalidation-mode",
             "unchecked-hash",
@@ -149,10 +160,6 @@ def _compile_stdlib(rctx, multiarch):
             "/",
             root + "/usr/lib/python3.11",
         ],
-        environment = {
-            "LD_LIBRARY_PATH": "%s/lib/%s:%s/usr/lib/%s" % (root, multiarch, root, multiarch),
-            "PYTHONHASHSEED": "0",
-        },
         timeout = 600,
     )
     if result.return_code not in (0, 1):  # 1: a file did not compile (lib2to3's test data); fine
