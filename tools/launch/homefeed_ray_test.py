@@ -85,6 +85,8 @@ def test_homefeed_on_ray_trains_stops_and_resumes_to_the_same_state(tmp_path):
         log = whole.communicate(timeout=600)[0]
         assert whole.returncode == 0, log[-4000:]
         assert "SUCCEEDED" in log and f"done at step {STEPS}" in log, log[-4000:]
+        # Once: each node of a cluster on one machine watches its own log folder, not one shared by all.
+        assert log.count(f"done at step {STEPS}:") == 1, log[-4000:]
         # SPREAD: one worker per node, so the process group really crossed two Ray nodes. Asked of Ray's state
         # API, not read from the log: Ray deduplicates workers' log lines that differ only in numbers, so a
         # rank that prints only what rank 0 printed may never show its pid (CI failure, stop 25).

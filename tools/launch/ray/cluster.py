@@ -153,7 +153,10 @@ class LocalCluster:
                           str(_free_port()), "--temp-dir", str(self.temp_dir)], self.temp_dir / "node-0.log")
         self._wait("the head's dashboard", lambda: _get(f"{self.address}/api/version") is not None, deadline)
         for i in range(1, self.nodes):
-            self._start_node(["--address", f"127.0.0.1:{self.gcs_port}"], self.temp_dir / f"node-{i}.log")
+            # A temp dir of its own: a node's log monitor streams every worker log in its session folder, so
+            # nodes sharing the head's printed each worker's lines once per node.
+            self._start_node(["--address", f"127.0.0.1:{self.gcs_port}", "--temp-dir", str(self.temp_dir / f"n{i}")],
+                             self.temp_dir / f"node-{i}.log")
         self._wait(f"{self.nodes} nodes", lambda: _alive_nodes(self.address) >= self.nodes, deadline)
         print(f"launch: local Ray cluster up at {self.address}", file=sys.stderr, flush=True)
         return self
