@@ -12,6 +12,7 @@ import json
 import lzma
 import os
 import stat
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -185,10 +186,34 @@ def test_sample_runs_the_unpacked_interpreter(workspace, tmp_path):
     assert "/external/mlenv_python/root/usr/bin/python3.11" in result.stdout and "OpenSSL 3.0." in result.stdout
 
 
+def test_a_shell_with_another_path_reuses_the_fetch_and_the_actions(workspace, tmp_path):
+    # PATH differs between shells (a CI agent's and a laptop's, a venv activated). Were it a reason to refetch,
+    # root/ (a source directory: Bazel keys actions on its mtime) would change and every Python action rerun.
+    base = Path(workspace.bazel("info", "output_base", env=workspace.env).stdout.strip())
+    root = base / "external/mlenv_python/root"
+    before = root.stat().st_mtime_ns
+    (tmp_path / "bin").mkdir()
+    env = dict(workspace.env, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    # Strict action env, as this repository's .bazelrc: PATH then reaches no action's key by itself.
+    args = ["--incompatible_strict_action_env", "//:bin"]
+    assert workspace.bazel("build", *args, env=workspace.env).returncode == 0
+    result = workspace.bazel("build", "--explain", str(tmp_path / "explain.log"), *args, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert root.stat().st_mtime_ns == before, "a PATH change refetched @mlenv_python"
+    explained = (tmp_path / "explain.log").read_text()
+    assert [line for line in explained.splitlines() if line.startswith("Executing action")
+            and "BazelWorkspaceStatusAction" not in line] == [], explained
+
+
+def refetch(workspace, env: dict) -> subprocess.CompletedProcess:
+    """Fetches @mlenv_python again (PATH is not a reason to: the fake getconf reaches only a new fetch)."""
+    return workspace.bazel("sync", "--only=mlenv_python", env=env)
+
+
 def test_old_host_glibc_fails_the_fetch_naming_both_versions_and_the_fix(workspace, tmp_path):
     fake_tool(tmp_path, "getconf", 'echo "glibc 2.31"\n')
     env = dict(workspace.env, PATH=f"{tmp_path}:{os.environ['PATH']}")
-    result = workspace.bazel("build", "//:bin", env=env)
+    result = refetch(workspace, env)
     assert result.returncode != 0
     assert "needs glibc >= 2.36" in result.stderr and "this host has glibc 2.31" in result.stderr
     assert "export MLENV_PYTHON=/path/to/python3.11" in result.stderr
@@ -197,7 +222,7 @@ def test_old_host_glibc_fails_the_fetch_naming_both_versions_and_the_fix(workspa
 def test_host_without_glibc_is_refused(workspace, tmp_path):
     fake_tool(tmp_path, "getconf", 'echo "getconf: Unrecognized variable" >&2\nexit 1\n')
     env = dict(workspace.env, PATH=f"{tmp_path}:{os.environ['PATH']}")
-    result = workspace.bazel("build", "//:bin", env=env)
+    result = refetch(workspace, env)
     assert result.returncode != 0 and "reports no glibc" in result.stderr
 
 
@@ -218,6 +243,13 @@ def test_wrong_version_fails_at_fetch_naming_found_needed_and_fix(workspace, tmp
     assert "needs CPython 3.11" in result.stderr
     assert f"{fake} (from $MLENV_PYTHON) is CPython 3.12.1" in result.stderr
     assert "Unset MLENV_PYTHON to use the pinned interpreter" in result.stderr
+
+
+def test_host_interpreter_by_name_is_refused_with_the_fix(workspace):
+    result = workspace.bazel("build", "//:bin", env=dict(workspace.env, MLENV_PYTHON="python3.11"))
+    assert result.returncode != 0
+    assert "$MLENV_PYTHON=python3.11 is not an absolute path" in result.stderr
+    assert "export MLENV_PYTHON=$(command -v python3.11)" in result.stderr
 
 
 def test_missing_explicit_interpreter_is_named(workspace, tmp_path):

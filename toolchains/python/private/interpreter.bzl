@@ -202,6 +202,14 @@ exec "$here/root/usr/bin/python3.11" -S "$@"
     return wrapper, PYTHON_FULL_VERSION, origin
 
 def _host(rctx, explicit):
+    if not explicit.startswith("/"):
+        # A bare name would be looked up on $PATH, which this rule does not watch (see `environ` below).
+        fail("mlenv: $%s=%s is not an absolute path: set it to the interpreter's full path, e.g. `export %s=$(command -v %s)`, or unset it to use the pinned interpreter." % (
+            PYTHON_ENV_VAR,
+            explicit,
+            PYTHON_ENV_VAR,
+            explicit,
+        ))
     result = rctx.execute([explicit, "-I", "-c", _PROBE], timeout = 60)
     if result.return_code != 0:
         fail("mlenv: %s (from $%s) does not run: %s. Unset %s to use the pinned interpreter." % (
@@ -272,5 +280,9 @@ $MLENV_PYTHON=/path/to/python3.11 uses a host interpreter instead (printed as a 
         "lock": attr.label(default = "//third_party/debian:packages.lock.json", allow_single_file = [".json"]),
         "_build_tpl": attr.label(default = "//toolchains/python/private:BUILD.interpreter.tpl"),
     },
-    environ = [PYTHON_ENV_VAR, "MLENV_DEBIAN_MIRROR", "PATH"],
+    # Not PATH: a refetch with unchanged contents still gives root/ (a source directory, whose mtime Bazel
+    # keys on) a new mtime, so every Python action and test would rerun whenever a shell's PATH differed
+    # (a CI agent's against a laptop's, a venv activated). The tools this rule runs from PATH (ar, sh, env,
+    # getconf) do not change what it writes; a host interpreter must be given by absolute path.
+    environ = [PYTHON_ENV_VAR, "MLENV_DEBIAN_MIRROR"],
 )
