@@ -280,9 +280,9 @@ $MLENV_PYTHON=/path/to/python3.11 uses a host interpreter instead (printed as a 
         "lock": attr.label(default = "//third_party/debian:packages.lock.json", allow_single_file = [".json"]),
         "_build_tpl": attr.label(default = "//toolchains/python/private:BUILD.interpreter.tpl"),
     },
-    # Not PATH: a refetch with unchanged contents still gives root/ (a source directory, whose mtime Bazel
-    # keys on) a new mtime, so every Python action and test would rerun whenever a shell's PATH differed
-    # (a CI agent's against a laptop's, a venv activated). The tools this rule runs from PATH (ar, sh, env,
+    # Not PATH: a refetch with unchanged contents still gives root/ (a source directory, whose mtime Bazel's
+    # action cache keeps) a new mtime, so under the next server every Python action and test would rerun
+    # whenever a shell's PATH differed (a CI agent's against a laptop's, a venv activated). The tools this rule runs from PATH (ar, sh, env,
     # getconf) do not change what it writes; a host interpreter must be given by absolute path.
     environ = [PYTHON_ENV_VAR, "MLENV_DEBIAN_MIRROR"],
 )
