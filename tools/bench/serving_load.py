@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,10 @@ def parse_list(text: str) -> list[int]:
 def default_bundle() -> Path:
     root = os.environ.get("BUILD_WORKSPACE_DIRECTORY") or Path(__file__).resolve().parents[2]
     return Path(root) / "bazel-bin" / "ml" / "homefeed" / "bundle"
+
+
+def _exit_on_sigterm(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             f"x ({args.warmup:g} s warm-up + {args.duration:g} s)")
     print(f"serving_load: {plan}; scratch {workdir}", file=sys.stderr, flush=True)
 
+    # SIGTERM (`timeout`, a cancelled job) unwinds like an error, so the `finally` below stops the servers
+    # started here; by default it killed this process alone and left them running.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     procs: list[subprocess.Popen] = []
     systems: dict[str, Callable[[int], Callable[[int], Callable[[], None]]]] = {}
     ports: dict[str, int] = {}

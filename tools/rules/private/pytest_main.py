@@ -62,6 +62,9 @@ class _Shard:
         items[:] = keep
 
 
+_SHORT_TMP = "MLENV_TEST_SHORT_TMPDIR"  # "PID:PATH" of the short TMPDIR below
+
+
 def main() -> int:
     sys.dont_write_bytecode = True  # runfiles point into the source tree; never litter it with __pycache__
     tmp = os.environ.get("TEST_TMPDIR")
@@ -70,7 +73,12 @@ def main() -> int:
         # TMPDIR must stay SHORT: multiprocessing puts AF_UNIX sockets there (DataLoader workers pass tensors
         # through them), and Bazel's TEST_TMPDIR is longer than the 108-byte socket path limit, which makes
         # workers hang. pytest's tmp_path still lives inside TEST_TMPDIR (--basetemp below).
-        short = tempfile.mkdtemp(prefix="mlenv-test-")
+        # A test that re-executes itself (the Ray tests, under `unshare -n`) keeps its process and this folder:
+        # exec skips atexit, so a new folder per exec would be left behind. Keyed by pid: a child process
+        # running this runner gets a folder of its own.
+        mine = os.environ.get(_SHORT_TMP, "").partition(":")
+        short = mine[2] if mine[0] == str(os.getpid()) and os.path.isdir(mine[2]) else tempfile.mkdtemp(prefix="mlenv-test-")
+        os.environ[_SHORT_TMP] = f"{os.getpid()}:{short}"
         atexit.register(shutil.rmtree, short, ignore_errors=True)
         os.environ["TMPDIR"] = short
         tempfile.tempdir = None

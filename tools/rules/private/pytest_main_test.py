@@ -25,7 +25,8 @@ def test_known_bug():
 '''
 
 
-def _run(tmp_path: Path, fail_on_skip: str | None, body: str = SAMPLE) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, fail_on_skip: str | None, body: str = SAMPLE,
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     (tmp_path / "sample_test.py").write_text(body)
     env = {k: v for k, v in os.environ.items()
            if k not in ("XML_OUTPUT_FILE", "TESTBRIDGE_TEST_ONLY", "TEST_TOTAL_SHARDS", "TEST_SHARD_INDEX",
@@ -35,6 +36,7 @@ def _run(tmp_path: Path, fail_on_skip: str | None, body: str = SAMPLE) -> subpro
     (tmp_path / "child-tmp").mkdir(exist_ok=True)
     if fail_on_skip is not None:
         env["MLENV_FAIL_ON_SKIP"] = fail_on_skip
+    env.update(extra_env or {})
     python = [sys.executable, *(["-S"] if sys.flags.no_site else [])]
     return subprocess.run([*python, str(RUNNER), str(tmp_path / "sample_test.py")], env=env, capture_output=True,
                           text=True, timeout=120, cwd=tmp_path / "child-tmp")
@@ -57,3 +59,27 @@ def test_a_skip_passes_locally_with_a_loud_banner(tmp_path):
 def test_without_skips_ci_passes_and_shows_no_banner(tmp_path):
     clean = _run(tmp_path, "1", "def test_ok():\n    assert True\n")
     assert clean.returncode == 0 and "SKIPPED" not in clean.stderr, clean.stderr
+
+
+REEXEC = """
+import os
+import sys
+
+if os.environ.get("SAMPLE_REEXECUTED") != "1":  # as the Ray tests do, under `unshare -n`
+    os.environ["SAMPLE_REEXECUTED"] = "1"
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def test_ok():
+    assert os.environ["SAMPLE_REEXECUTED"] == "1"
+    open("ran-after-reexec", "w").close()  # stdout is pytest's capture file by now: it does not come back
+"""
+
+
+def test_a_test_that_reexecutes_itself_leaves_no_temp_folder(tmp_path):
+    tmpdir = tmp_path / "t"
+    tmpdir.mkdir()
+    result = _run(tmp_path, "1", REEXEC, extra_env={"TMPDIR": str(tmpdir)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "child-tmp" / "ran-after-reexec").is_file()
+    assert list(tmpdir.iterdir()) == []
