@@ -4,10 +4,9 @@ Two shells on one machine rarely agree on PATH (a CI agent's and a laptop's, a v
 shell against `sudo`). With `--incompatible_strict_action_env` PATH reaches no action's key, but a repository
 rule that lists PATH in `environ` is fetched again when it changes; for `@mlenv_python` that gave root/ (a
 source directory, whose mtime Bazel's action cache keeps) a new mtime, so under the next Bazel server every
-Python test ran again. This clones each
-given commit, and in each clone (its own output base) runs the same tests twice: from this shell, then from
-one whose PATH has the same folders in another order. It prints how many of the second run's tests Bazel ran
-again (0 is right: nothing they read changed).
+Python test ran again. This clones each given commit, and in each clone (its own output base) runs the same
+tests twice: from this shell, then (after `bazel shutdown`) from one whose PATH has the same folders in another
+order. It prints how many of the second run's tests Bazel ran again (0 is right: nothing they read changed).
 
     python3 tools/bench/shell_env_cache.py [--revs BEFORE HEAD] [--targets //ml/engine:core_test ...]
     tools/bazel run //tools/bench:shell_env_cache -- [...]     (the same)
